@@ -1,0 +1,137 @@
+"""Stems (timm ``embed_layer``s): patchify, convolutional and scaled-ReLU stems described as data.
+
+A stem turns an image into a grid of tokens of width ``embed_dim`` with total stride ``patch_size``.
+Every stem here is one class, :class:`ConvStem`, configured by a list of conv layers followed by a
+projection conv to the embedding width; the named presets live in ``conf/model/stem/*.yaml``:
+
+- ``patchify``: no layers, projection kernel = stride = patch size, with bias (ViT, Dosovitskiy et al.).
+- ``conv_xiao_*``: Xiao et al. 2021 (arXiv 2106.14881), Table 1 / section 3: 3x3 convs (no bias), each
+  followed by BatchNorm then ReLU, then a 1x1 conv with bias to width d.
+- ``scaled_relu*``: Wang et al. 2022 (arXiv 2109.03810): 7x7 stride-2 conv, two 3x3 convs, each with
+  BN -> ReLU ("scaled ReLU"), then a projection conv with kernel = stride = patch/2; and its ablations.
+
+Initialisation (``init``): ``pycls`` reproduces Xiao's code (pycls ``init_weights_vit``): a patchify
+conv gets a truncated normal with std sqrt(1/fan_in) and zero bias, the final 1x1 of a conv stem a
+normal with std sqrt(2/out_channels) and zero bias, the 3x3 convs and norms PyTorch's defaults.
+``torch`` keeps PyTorch's default init for every layer (what timm and DeiT-based code such as Wang's do).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from functools import reduce
+
+import torch
+from torch import nn
+from timm.layers import LayerNorm2d, PatchEmbed
+
+NORM_LAYERS = {"batchnorm": nn.BatchNorm2d, "layernorm": LayerNorm2d, "none": None}
+ACT_LAYERS = {"relu": nn.ReLU, "gelu": nn.GELU, "hardswish": nn.Hardswish, "none": None}
+INITS = ("pycls", "torch")
+
+
+def _choice(table: dict, value: str, what: str) -> type[nn.Module] | None:
+    if value not in table:
+        raise ValueError(f"stem {what}={value!r} is not one of {sorted(table)}")
+    return table[value]
+
+
+def conv_norm_act(in_chs: int, out_chs: int, kernel: int, stride: int, norm: str, act: str, bias: bool,
+                  padding: int, **dd) -> list[nn.Module]:
+    """One conv, optionally followed by a norm and an activation (the Conv-Norm-Act unit of a stem)."""
+    norm_layer, act_layer = _choice(NORM_LAYERS, norm, "norm"), _choice(ACT_LAYERS, act, "act")
+    mods: list[nn.Module] = [nn.Conv2d(in_chs, out_chs, kernel, stride, padding, bias=bias, **dd)]
+    if norm_layer is not None:
+        mods.append(norm_layer(out_chs, **dd))
+    if act_layer is not None:
+        mods.append(act_layer(inplace=True) if act_layer is nn.ReLU else act_layer())
+    return mods
+
+
+class ConvStem(PatchEmbed):
+    """A stem given as data: ``layers`` of (kernel, stride, channels[, norm, act]) then a projection.
+
+    Each layer is a ``kernel x kernel`` conv with padding ``(kernel - 1) // 2`` and no bias, then its
+    ``norm`` and ``act`` (defaulting to the stem-wide ``norm`` and ``act``). The projection is a conv
+    with ``proj_kernel`` and ``proj_stride`` (``None``: the stride still missing to reach
+    ``patch_size``, i.e. kernel = stride as in a patchify stem) to ``embed_dim`` channels, with bias,
+    optionally followed by ``proj_norm`` and ``proj_act`` (a patchify stem with BN+ReLU after it).
+
+    Invariants, checked at construction: the strides multiply to ``patch_size``, and ``img_size``
+    divides by ``patch_size``. Subclassing timm's ``PatchEmbed`` keeps its token grid bookkeeping and
+    output formats; only ``proj`` is replaced.
+    """
+
+    def __init__(
+        self,
+        img_size: int | tuple[int, int] = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        embed_dim: int = 768,
+        layers: Sequence[dict] = (),
+        norm: str = "batchnorm",
+        act: str = "relu",
+        proj_kernel: int | None = None,
+        proj_stride: int | None = None,
+        proj_norm: str = "none",
+        proj_act: str = "none",
+        init: str = "torch",
+        bias: bool = True,
+        device=None,
+        dtype=None,
+        **patch_embed_kwargs,
+    ):
+        layers = [dict(layer) for layer in layers]
+        strides = [int(layer["stride"]) for layer in layers]
+        layer_stride = reduce(lambda a, b: a * b, strides, 1)
+        if proj_stride is None:
+            if patch_size % layer_stride:
+                raise ValueError(
+                    f"stem layer strides {strides} multiply to {layer_stride}, which does not divide "
+                    f"patch_size={patch_size}: the strides must multiply to the patch size")
+            proj_stride = patch_size // layer_stride
+        proj_kernel = proj_stride if proj_kernel is None else proj_kernel
+        if layer_stride * proj_stride != patch_size:
+            raise ValueError(
+                f"stem strides {strides} and proj_stride={proj_stride} multiply to {layer_stride * proj_stride}, "
+                f"not patch_size={patch_size}: change the strides or model.patch_size")
+        for size in (img_size,) if isinstance(img_size, int) else img_size:
+            if size is not None and size % patch_size:
+                raise ValueError(f"img_size={size} is not divisible by the stem's patch_size={patch_size}")
+        if init not in INITS:
+            raise ValueError(f"stem init={init!r} is not one of {INITS}")
+        dd = dict(device=device, dtype=dtype)
+        super().__init__(img_size, patch_size, in_chans, embed_dim, bias=bias, **dd, **patch_embed_kwargs)
+        self.init = init
+        mods: list[nn.Module] = []
+        chs = in_chans
+        for layer in layers:
+            kernel = int(layer["kernel"])
+            mods += conv_norm_act(chs, int(layer["channels"]), kernel, int(layer["stride"]), layer.get("norm", norm),
+                                  layer.get("act", act), bias=False, padding=(kernel - 1) // 2, **dd)
+            chs = int(layer["channels"])
+        mods += conv_norm_act(chs, embed_dim, proj_kernel, proj_stride, proj_norm, proj_act, bias=bias, padding=0, **dd)
+        self.proj = mods[0] if len(mods) == 1 else nn.Sequential(*mods)
+        self.init_weights()
+
+    @property
+    def projection(self) -> nn.Conv2d:
+        """The conv that maps to the embedding width."""
+        convs = [m for m in self.proj.modules() if isinstance(m, nn.Conv2d)]
+        return convs[-1]
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Initialise as ``self.init`` says (see module docstring); timm's ViT init calls this."""
+        convs = [m for m in self.proj.modules() if isinstance(m, nn.Conv2d)]
+        for m in self.proj.modules():
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+        if self.init == "pycls" and convs[-1].weight.device.type != "meta":
+            last = convs[-1]
+            if len(convs) == 1:  # patchify
+                fan_in = last.in_channels * last.kernel_size[0] * last.kernel_size[1]
+                nn.init.trunc_normal_(last.weight, std=math.sqrt(1.0 / fan_in))
+            else:
+                nn.init.normal_(last.weight, mean=0.0, std=math.sqrt(2.0 / last.out_channels))
+            nn.init.zeros_(last.bias)

@@ -1,0 +1,45 @@
+"""Optimizers, weight-decay groups and lr schedules built from the ``optimizer``, ``weight_decay`` and
+``scheduler`` config groups."""
+from __future__ import annotations
+
+from typing import Any
+
+import hydra
+from torch import nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR
+
+from vitstem.optim import param_groups
+from vitstem.optim.schedules import schedule
+
+
+def scaled_lr(lr: float, ref_batch_size: int, global_batch_size: int) -> float:
+    """The linear scaling rule (Goyal et al. 2017): the base ``lr`` is given at ``ref_batch_size``."""
+    return lr * global_batch_size / ref_batch_size
+
+
+def build_optimizer(model: nn.Module, optimizer: dict, weight_decay: dict, global_batch_size: int
+                    ) -> tuple[Optimizer, list[param_groups.ParamRow]]:
+    """The optimizer over ``model``'s parameter groups, and the per-parameter table behind it."""
+    cfg = dict(optimizer)
+    lr = scaled_lr(cfg.pop("lr"), cfg.pop("ref_batch_size"), global_batch_size)
+    rows = param_groups.assign(model, lr, cfg.pop("weight_decay"), **weight_decay)
+    factory = hydra.utils.instantiate(cfg, _partial_=True)
+    return factory(param_groups.to_optimizer_groups(model, rows), lr=lr), rows
+
+
+def build_scheduler(optimizer: Optimizer, scheduler: dict, steps_per_epoch: int, epochs: int) -> dict[str, Any]:
+    """A Lightning lr-scheduler dict: ``LambdaLR`` stepped every step, or every epoch (pycls)."""
+    cfg = dict(scheduler)
+    interval, unit = cfg.pop("interval"), cfg.pop("warmup_unit")
+    if interval not in ("step", "epoch") or unit not in ("steps", "epochs"):
+        raise ValueError(f"scheduler.interval={interval!r} must be step|epoch, scheduler.warmup_unit={unit!r} steps|epochs")
+    warmup = cfg.pop("warmup")
+    if interval == "step":
+        total = steps_per_epoch * epochs
+        warmup = round(warmup * steps_per_epoch) if unit == "epochs" else int(warmup)
+    else:
+        total = epochs
+        warmup = round(warmup if unit == "epochs" else warmup / steps_per_epoch)
+    cfg["milestones"] = tuple(cfg.get("milestones") or ())
+    return {"scheduler": LambdaLR(optimizer, schedule(total, warmup, **cfg)), "interval": interval}

@@ -1,0 +1,23 @@
+"""The result table printed at the end of a run."""
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1000 else f"{value:.0f}"
+    return str(value)
+
+
+def print_summary(results: dict) -> None:
+    table = Table(title=f"vitstem run: {results['status']}", show_header=False)
+    for key in ("model", "params_m", "final_val_acc1", "best_val_acc1", "final_val_err1", "final_val_acc5",
+                "final_train_loss", "epochs", "steps", "global_batch_size", "train_images_per_s", "wall_time_s",
+                "diverged_at_step", "error", "run_dir"):
+        if key in results and (results[key] is not None or key in ("final_val_acc1",)):
+            table.add_row(key, _fmt(results[key]))
+    Console().print(table)

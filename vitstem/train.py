@@ -1,0 +1,108 @@
+"""``vitstem-train``: one training run, composed by Hydra from ``conf/train.yaml``.
+
+    vitstem-train                                     # the default: a small ViT on synthetic data, CPU
+    vitstem-train model=vit_c_32 optimizer=sgd optimizer.lr=0.1
+    vitstem-train experiment=xiao_4gf_stability      # a paper's recipe
+    vitstem-train --help | --cfg job                  # options | the composed config
+
+Every run writes one directory (``run_dir``): ``config.yaml`` (resolved), ``metrics.csv``,
+``param_groups.tsv``, ``checkpoints/last.ckpt`` and ``results.json`` (see :mod:`vitstem.results`).
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+
+import hydra
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from omegaconf import DictConfig, OmegaConf
+
+from vitstem.callbacks import Throughput
+from vitstem.config import ConfigError, validate
+from vitstem.loggers import finish_wandb
+from vitstem.models.complexity import count_params
+from vitstem.module import Classifier
+from vitstem.paths import CONF_DIR
+from vitstem.results import make_results, write_results
+from vitstem.summary import print_summary
+
+log = logging.getLogger("vitstem")
+
+
+def build(cfg: DictConfig) -> tuple[L.LightningDataModule, Classifier, L.Trainer]:
+    """Everything a run needs, built (and so checked) before any compute starts."""
+    datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
+    module = Classifier(model=OmegaConf.to_container(cfg.model, resolve=True), optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
+                        weight_decay=OmegaConf.to_container(cfg.weight_decay, resolve=True),
+                        scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True), loss=OmegaConf.to_container(cfg.loss, resolve=True),
+                        num_classes=datamodule.num_classes, img_size=datamodule.img_size)
+    loggers = [hydra.utils.instantiate(c) for c in (cfg.logger or {}).values() if c is not None]
+    callbacks = [hydra.utils.instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None]
+    trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers, callbacks=callbacks, default_root_dir=cfg.run_dir)
+    return datamodule, module, trainer
+
+
+def run(cfg: DictConfig) -> dict:
+    """Train once as ``cfg`` says; always write ``results.json`` (also when the config is bad); return it."""
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    status, error, start = "failed", None, time.perf_counter()
+    module = trainer = None
+    global_batch = None
+    try:
+        try:
+            validate(cfg)
+            (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+            L.seed_everything(cfg.seed, workers=True)
+            torch.set_float32_matmul_precision(cfg.matmul_precision)
+            datamodule, module, trainer = build(cfg)
+        except (ValueError, InstantiationException) as e:
+            raise ConfigError(str(e)) from e
+        global_batch = datamodule.batch_size * trainer.world_size * trainer.accumulate_grad_batches
+        log.info("run dir %s | model %s (%.2f M params) | global batch %d = %d per device x %d devices x %d "
+                 "accumulated", run_dir, cfg.model.name, count_params(module.model) / 1e6, global_batch,
+                 datamodule.batch_size, trainer.world_size, trainer.accumulate_grad_batches)
+        trainer.fit(module, datamodule=datamodule)
+        status = "diverged" if module.diverged_at_step is not None else "finished"
+    except BaseException as e:
+        error = f"{type(e).__name__}: {e}"
+        raise
+    finally:
+        results = collect(cfg, module, trainer, status, error, time.perf_counter() - start, global_batch)
+        if trainer is None or trainer.is_global_zero:
+            write_results(run_dir, results)
+            print_summary(results)
+        finish_wandb(failed=status == "failed")
+    return results
+
+
+def collect(cfg, module: Classifier | None, trainer: L.Trainer | None, status: str, error: str | None,
+            wall: float, global_batch: int | None) -> dict:
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()} if trainer else {}
+    throughput = next((c for c in trainer.callbacks if isinstance(c, Throughput)), None) if trainer else None
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    return make_results(
+        status, metrics.get("val/acc1"), module.best_val_acc1 if module else None,
+        final_val_acc5=metrics.get("val/acc5"), final_train_loss=metrics.get("train/loss"),
+        epochs=trainer.current_epoch if trainer else 0, steps=trainer.global_step if trainer else 0,
+        wall_time_s=round(wall, 2), train_images_per_s=throughput.images_per_s if throughput else None,
+        diverged_at_step=module.diverged_at_step if module else None, error=error, model=cfg.model.name,
+        params_m=count_params(module.model) / 1e6 if module else None, global_batch_size=global_batch,
+        overrides=overrides, run_dir=str(cfg.run_dir))
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
+def main(cfg: DictConfig) -> None:
+    try:
+        run(cfg)
+    except ConfigError as e:
+        sys.exit(f"vitstem-train: configuration error: {e}")
+
+
+if __name__ == "__main__":
+    main()
