@@ -18,9 +18,9 @@ os.environ.setdefault("WANDB_SILENT", "true")
 # A model small enough for a CPU test: 1 block of width 32 at 16 px.
 TINY = ["model=vit_p_32", "model.depth=1", "model.embed_dim=32", "model.num_heads=2",
         "data.img_size=16", "model.img_size=16",
-        "trainer.max_epochs=1", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1",
+        "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
         "data.loader.batch_size=8", "scheduler.warmup=0", "~callbacks.progress_bar",
-        "+trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1"]
+        "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1"]
 
 
 def compose_config(overrides: list[str], run_dir: Path | None = None) -> DictConfig:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import hydra
@@ -32,6 +33,9 @@ from vitstem.results import make_results, write_results
 from vitstem.summary import print_summary
 
 log = logging.getLogger("vitstem")
+# Known-harmless notices: CSV metrics share the run directory with config.yaml by design.
+warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
+warnings.filterwarnings("ignore", message=".*LeafSpec.*")
 
 
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, Classifier, L.Trainer]:

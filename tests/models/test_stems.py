@@ -1,0 +1,86 @@
+"""Stems: the presets' exact layers, their invariants, and their initialisation."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from vitstem.models.stems import ConvStem
+from vitstem.models.zoo import STEM_NAMES, stem_config
+
+
+def convs(stem):
+    return [m for m in stem.proj.modules() if isinstance(m, nn.Conv2d)]
+
+
+@pytest.mark.parametrize("size,channels,strides,width", [
+    ("1gf", [24, 48, 96, 192], [2, 2, 2, 2], 192),
+    ("4gf", [48, 96, 192, 384], [2, 2, 2, 2], 384),
+    ("18gf", [64, 128, 128, 256, 256, 512], [2, 2, 1, 2, 1, 2], 768),
+    ("36gf", [64, 128, 128, 256, 256, 512], [2, 2, 1, 2, 1, 2], 1024),
+])
+def test_xiao_stems_have_the_papers_layers(size, channels, strides, width):
+    stem = ConvStem(224, 16, 3, width, **stem_config(f"conv_xiao_{size}"))
+    *body, last = convs(stem)
+    assert [c.out_channels for c in body] == channels and [c.stride[0] for c in body] == strides
+    assert all(c.kernel_size == (3, 3) and c.padding == (1, 1) and c.bias is None for c in body)
+    assert (last.kernel_size, last.in_channels, last.out_channels, last.bias is not None) == ((1, 1), channels[-1], width, True)
+    kinds = [type(m) for m in stem.proj]
+    assert kinds[:3] == [nn.Conv2d, nn.BatchNorm2d, nn.ReLU] and kinds[-1] is nn.Conv2d
+    assert stem(torch.randn(1, 3, 224, 224)).shape == (1, 196, width)
+
+
+def test_scaled_relu_stem_and_its_ablations():
+    full = ConvStem(224, 16, 3, 384, **stem_config("scaled_relu"))
+    assert [(c.kernel_size[0], c.stride[0], c.out_channels) for c in convs(full)] == \
+        [(7, 2, 64), (3, 1, 64), (3, 1, 64), (8, 8, 384)]
+    count = lambda stem, kind: sum(isinstance(m, kind) for m in stem.proj.modules())
+    assert (count(full, nn.BatchNorm2d), count(full, nn.ReLU)) == (3, 3)
+    no_bn = ConvStem(224, 16, 3, 384, **stem_config("scaled_relu_no_bn"))
+    no_relu = ConvStem(224, 16, 3, 384, **stem_config("scaled_relu_no_relu"))
+    neither = ConvStem(224, 16, 3, 384, **stem_config("scaled_relu_no_bn_relu"))
+    ln = ConvStem(224, 16, 3, 384, **stem_config("scaled_relu_layernorm"))
+    assert (count(no_bn, nn.BatchNorm2d), count(no_bn, nn.ReLU)) == (0, 3)
+    assert (count(no_relu, nn.BatchNorm2d), count(no_relu, nn.ReLU)) == (3, 0)
+    assert (count(neither, nn.BatchNorm2d), count(neither, nn.ReLU)) == (0, 0)
+    assert (count(ln, nn.LayerNorm), count(ln, nn.BatchNorm2d)) == (3, 0)
+
+
+def test_patchify_stems():
+    p = ConvStem(224, 16, 3, 384, **stem_config("patchify"))
+    assert isinstance(p.proj, nn.Conv2d) and p.proj.kernel_size == p.proj.stride == (16, 16)
+    assert p.proj.bias is not None
+    pbr = ConvStem(224, 16, 3, 384, **stem_config("patchify_bn_relu"))
+    assert [type(m) for m in pbr.proj] == [nn.Conv2d, nn.BatchNorm2d, nn.ReLU]
+    small = ConvStem(32, 4, 3, 128, **stem_config("conv_small"))
+    assert [c.stride[0] for c in convs(small)] == [2, 2, 1]
+    assert small(torch.randn(2, 3, 32, 32)).shape == (2, 64, 128)
+
+
+@pytest.mark.parametrize("name", STEM_NAMES)
+def test_every_stem_preset_builds(name):
+    patch = 4 if name == "conv_small" else 16  # the 32 px stem has total stride 4
+    assert ConvStem(4 * patch, patch, 3, 96, **stem_config(name))(torch.randn(1, 3, 4 * patch, 4 * patch)).shape \
+        == (1, 16, 96)
+
+
+def test_pycls_init():
+    """pycls init_weights_vit: patchify std sqrt(1/fan_in); conv stem last 1x1 std sqrt(2/out); zero bias."""
+    torch.manual_seed(0)
+    p = ConvStem(224, 16, 3, 768, **stem_config("patchify"))
+    assert p.proj.weight.std().item() == pytest.approx(math.sqrt(1 / (3 * 16 * 16)), rel=0.05)
+    c = ConvStem(224, 16, 3, 768, **stem_config("conv_xiao_18gf"))
+    assert convs(c)[-1].weight.std().item() == pytest.approx(math.sqrt(2 / 768), rel=0.05)
+    assert convs(c)[-1].bias.abs().sum().item() == 0
+
+
+def test_stem_invariants_are_checked():
+    spec = stem_config("conv_xiao_4gf")
+    with pytest.raises(ValueError, match="multiply to 16, not patch_size=8"):
+        ConvStem(224, 8, 3, 384, **spec)
+    with pytest.raises(ValueError, match="img_size=100 is not divisible by the stem's patch_size=16"):
+        ConvStem(100, 16, 3, 384, **spec)
+    with pytest.raises(ValueError, match=r"multiply to 32, which does not divide patch_size=16"):
+        ConvStem(224, 16, 3, 384, **{**stem_config("scaled_relu"), "layers": [{"kernel": 3, "stride": 32, "channels": 8}]})
+    with pytest.raises(ValueError, match="norm='groupnorm' is not one of"):
+        ConvStem(224, 16, 3, 384, **{**spec, "norm": "groupnorm"})

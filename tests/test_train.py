@@ -1,0 +1,111 @@
+"""vitstem-train end to end: results.json, learning, logging, composition and early errors."""
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.errors import MissingConfigException
+
+from tests.conftest import TINY, compose_config, train
+from vitstem.paths import CONF_DIR
+
+RESULT_KEYS = {"status", "final_val_acc1", "best_val_acc1", "final_val_err1", "best_val_err1", "epochs", "steps",
+               "wall_time_s", "train_images_per_s", "diverged_at_step", "overrides", "git_commit", "versions"}
+
+
+def test_default_config_writes_a_complete_run_directory(tmp_path):
+    results = train(TINY, tmp_path)
+    assert RESULT_KEYS <= set(results)
+    assert json.loads((tmp_path / "results.json").read_text()) == json.loads(json.dumps(results, default=str))
+    assert results["status"] == "finished" and results["steps"] == 2 and results["epochs"] == 1
+    assert results["diverged_at_step"] is None
+    assert 0 <= results["final_val_acc1"] <= 100
+    assert results["final_val_err1"] == pytest.approx(100 - results["final_val_acc1"])
+    assert results["overrides"] == TINY
+    assert {"torch", "timm", "lightning", "python"} <= set(results["versions"])
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file() and (tmp_path / "config.yaml").is_file()
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 2 and any(k.startswith("model.blocks.0.attn.qkv") for k in ckpt["state_dict"])
+    columns = set(next(csv.reader(open(tmp_path / "metrics.csv"))))
+    assert {"train/loss", "train/lr", "val/loss", "val/acc1", "val/acc5", "train/images_per_s"} <= columns
+
+
+def test_a_short_run_learns(tmp_path):
+    """A 2-block ViT on 16 px synthetic shapes: far above the 10% chance level in ~300 steps."""
+    results = train(["model=vit_p_32", "model.depth=2", "model.embed_dim=64", "model.img_size=16",
+                     "data.train_size=2048", "data.val_size=500", "data.loader.batch_size=64",
+                     "trainer.max_epochs=6", "scheduler.warmup=20", "scheduler.warmup_unit=steps",
+                     "~callbacks.progress_bar", "trainer.enable_progress_bar=false"], tmp_path)
+    assert results["status"] == "finished" and results["steps"] == 6 * 32
+    assert results["final_val_acc1"] > 40, results
+
+
+def test_divergence_is_detected_and_recorded(tmp_path):
+    results = train(TINY + ["optimizer.lr=1e30", "trainer.limit_train_batches=6"], tmp_path)
+    assert results["status"] == "diverged"
+    assert results["diverged_at_step"] is not None and results["steps"] <= 6
+
+
+def test_wandb_offline_writes_its_run_files(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    results = train(TINY + ["logger=wandb", "name=wandbtest", "tags=[a,b]"], tmp_path)
+    assert results["status"] == "finished"
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("run-*.wandb"))
+    import wandb
+    assert wandb.run is None  # closed at the end of the job
+    assert (tmp_path / "metrics.csv").is_file()  # the CSV logger runs beside it
+
+
+def group_options():
+    for group_dir in sorted(p for p in CONF_DIR.rglob("*") if p.is_dir() and p.name not in ("loader",)):
+        group = group_dir.relative_to(CONF_DIR).as_posix()
+        for option in sorted(group_dir.glob("*.yaml")):
+            yield group, option.stem
+
+
+@pytest.mark.parametrize("group,option", list(group_options()))
+def test_every_config_group_option_composes(group, option):
+    cfg = compose_config([f"{group}={option}"])
+    assert cfg.hydra.runtime.choices[group] == option
+    assert cfg.model.name and cfg.optimizer.lr > 0 and cfg.data.loader.batch_size >= 1
+
+
+def test_unknown_group_option_names_the_choices():
+    with pytest.raises(MissingConfigException, match="Could not find 'model/vit_nope'"):
+        compose_config(["model=vit_nope"])
+
+
+def run_cli(*args, cwd):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "vitstem.train", *args], capture_output=True, text=True, cwd=cwd,
+                          env=env, timeout=300)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("optimizer.lr=-0.1", "optimizer.lr=-0.1 must be positive"),
+    ("model/stem=conv_xiao_4gf", "multiply to 16, not patch_size=4"),
+])
+def test_bad_override_fails_before_training(tmp_path, override, message):
+    proc = run_cli(override, f"hydra.run.dir={tmp_path}", cwd=tmp_path)
+    assert proc.returncode != 0
+    assert message in proc.stderr
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["status"] == "failed" and results["steps"] == 0 and message in results["error"]
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_help_and_cfg_job(tmp_path):
+    helped = run_cli("--help", cwd=tmp_path)
+    assert helped.returncode == 0
+    assert "model/stem: conv_small, conv_xiao_18gf" in helped.stdout and "optimizer: adam, adamw, sgd" in helped.stdout
+    shown = run_cli("--cfg", "job", "model=vit_c_32", "model/attention=relu", cwd=tmp_path)
+    assert shown.returncode == 0
+    for line in ("depth: 3", "channels: 32", "activation: relu", "embed_dim: 128"):
+        assert line in shown.stdout
+    assert not list(tmp_path.rglob("results.json"))  # --cfg prints and runs nothing
