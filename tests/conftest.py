@@ -19,7 +19,7 @@ os.environ.setdefault("WANDB_SILENT", "true")
 TINY = ["model=vit_p_32", "model.depth=1", "model.embed_dim=32", "model.num_heads=2",
         "data.img_size=16", "model.img_size=16",
         "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
-        "data.loader.batch_size=8", "scheduler.warmup=0", "~callbacks.progress_bar",
+        "data.loader.batch_size=8", "scheduler.warmup=0",
         "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1"]
 
 

@@ -39,7 +39,7 @@ def test_a_short_run_learns(tmp_path):
     results = train(["model=vit_p_32", "model.depth=2", "model.embed_dim=64", "model.img_size=16",
                      "data.train_size=2048", "data.val_size=500", "data.loader.batch_size=64",
                      "trainer.max_epochs=6", "scheduler.warmup=20", "scheduler.warmup_unit=steps",
-                     "~callbacks.progress_bar", "trainer.enable_progress_bar=false"], tmp_path)
+                     "trainer.enable_progress_bar=false"], tmp_path)
     assert results["status"] == "finished" and results["steps"] == 6 * 32
     assert results["final_val_acc1"] > 40, results
 
@@ -109,3 +109,14 @@ def test_help_and_cfg_job(tmp_path):
     for line in ("depth: 3", "channels: 32", "activation: relu", "embed_dim: 128"):
         assert line in shown.stdout
     assert not list(tmp_path.rglob("results.json"))  # --cfg prints and runs nothing
+
+
+def test_ddp_on_two_cpu_processes(tmp_path):
+    """Real DDP (gloo, 2 processes): the global batch doubles and only rank 0 writes results."""
+    proc = run_cli(*TINY, "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp",
+                   f"hydra.run.dir={tmp_path}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["status"] == "finished" and results["steps"] == 2
+    assert results["global_batch_size"] == 2 * 8
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()

@@ -34,4 +34,4 @@ class Throughput(L.Callback):
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if self.images_per_s is not None:
-            pl_module.log("train/images_per_s", self.images_per_s)
+            pl_module.log("train/images_per_s", self.images_per_s, sync_dist=True)

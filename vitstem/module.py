@@ -63,8 +63,8 @@ class Classifier(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         acc1, acc5 = 100.0 * self.val_acc1.compute().item(), 100.0 * self.val_acc5.compute().item()
         self.val_acc1.reset(), self.val_acc5.reset()
-        self.log("val/acc1", acc1, prog_bar=True)
-        self.log("val/acc5", acc5)
+        self.log("val/acc1", acc1, prog_bar=True, sync_dist=True)  # equal on all ranks: compute() syncs
+        self.log("val/acc5", acc5, sync_dist=True)
         if not self.trainer.sanity_checking:
             self.best_val_acc1 = acc1 if self.best_val_acc1 is None else max(self.best_val_acc1, acc1)
 

@@ -21,6 +21,7 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from vitstem.callbacks import Throughput
@@ -47,6 +48,8 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, Classifier, L.Trainer
                         num_classes=datamodule.num_classes, img_size=datamodule.img_size)
     loggers = [hydra.utils.instantiate(c) for c in (cfg.logger or {}).values() if c is not None]
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None]
+    if not cfg.trainer.get("enable_progress_bar", True):  # one switch turns any progress bar off
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers, callbacks=callbacks, default_root_dir=cfg.run_dir)
     return datamodule, module, trainer
 
