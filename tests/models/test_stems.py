@@ -84,3 +84,14 @@ def test_stem_invariants_are_checked():
         ConvStem(224, 16, 3, 384, **{**stem_config("scaled_relu"), "layers": [{"kernel": 3, "stride": 32, "channels": 8}]})
     with pytest.raises(ValueError, match="norm='groupnorm' is not one of"):
         ConvStem(224, 16, 3, 384, **{**spec, "norm": "groupnorm"})
+
+
+def test_pycls_stem_init_survives_timm_vit_init():
+    """timm's ViT init (jax mode for Xiao's models) runs first; the stem re-initialises itself after it."""
+    import timm
+
+    torch.manual_seed(0)
+    p, c = timm.create_model("vit_p_4gf"), timm.create_model("vit_c_4gf")
+    assert p.patch_embed.proj.weight.std().item() == pytest.approx(math.sqrt(1 / 768), rel=0.02)
+    assert c.patch_embed.proj[-1].weight.std().item() == pytest.approx(math.sqrt(2 / 384), rel=0.02)
+    assert c.head.weight.abs().sum().item() == 0  # zero-initialised head, as pycls

@@ -61,7 +61,7 @@ def attention_config(name: str) -> dict:
     return _load(MODEL_DIR / "attention" / f"{name}.yaml")
 
 
-def build_vit(stem: dict, attention: dict, name: str | None = None, **vit_kwargs: Any) -> VisionTransformer:
+def build_vit(stem: dict, attention: dict, **vit_kwargs: Any) -> VisionTransformer:
     """timm's ``VisionTransformer`` with our stem and attention; ``vit_kwargs`` go to it unchanged."""
     attention = dict(attention)
     qk_norm = attention.pop("qk_norm", False)
