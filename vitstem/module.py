@@ -1,17 +1,24 @@
 """The LightningModule that trains any timm classifier (every vitstem model among them)."""
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
 
+import hydra
 import lightning as L
 import timm
 import torch
+from timm.loss import SoftTargetCrossEntropy
+from timm.utils import ModelEmaV3
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from vitstem.config import ConfigError
 import vitstem.models  # noqa: F401  (registers the model zoo)
-from vitstem.optim import build_optimizer, build_scheduler, param_groups
+from vitstem.optim import build_optimizer, build_scheduler, param_groups, warmup_steps
+
+log = logging.getLogger("vitstem")
 
 
 def create_model(model: dict, num_classes: int, img_size: int) -> nn.Module:
@@ -20,31 +27,72 @@ def create_model(model: dict, num_classes: int, img_size: int) -> nn.Module:
     return timm.create_model(cfg.pop("name"), **cfg)
 
 
+def ema_decay(ema: dict, total_steps: int) -> float:
+    """The per-step EMA decay: ``ema.decay`` if set, else ``1 - 1 / (ema.horizon * total_steps)``.
+
+    pycls (Xiao et al.) mixes ``alpha = EMA_ALPHA * batch / epochs`` of the weights in per step, a time
+    constant of ``1 / (EMA_ALPHA * N)`` of the run for ``N`` training images; ``horizon`` states that
+    fraction directly, so the same config averages over the same share of a 50- or a 400-epoch run.
+    """
+    if ema["decay"] is not None:
+        return float(ema["decay"])
+    return max(0.0, 1.0 - 1.0 / (ema["horizon"] * total_steps))
+
+
 class Classifier(L.LightningModule):
     """Image classification with cross-entropy; logs loss, lr, top-1 / top-5 accuracy (percent).
+
+    - ``mixup`` (``conf/mixup``): a ``timm.data.Mixup`` applied to each training batch (mixup or CutMix,
+      Zhang et al. 2018 / Yun et al. 2019); its soft targets, label smoothing included, are trained with
+      soft-target cross-entropy. Without it the loss is cross-entropy with ``loss.label_smoothing``.
+    - ``ema`` (``conf/ema``): a ``timm.utils.ModelEmaV3`` copy of the weights, updated after every
+      optimizer step and evaluated beside the raw weights as ``val_ema/{loss,acc1,acc5}``. It averages the
+      whole ``state_dict``, buffers included: the BatchNorm running statistics of a conv stem are EMA'd
+      along with the weights, as pycls does (``ema.exclude_buffers=true`` copies them from the raw model
+      instead). With ``ema.copy_during_warmup`` the EMA equals the weights until lr warm-up ends (pycls).
+    - ``compile``: ``torch.compile`` the model (and its EMA) in place; parameter names do not change.
 
     A non-finite training loss stops the run cleanly: the step is skipped, ``diverged_at_step`` records
     it, and ``results.json`` says ``"status": "diverged"``.
     """
 
     def __init__(self, model: dict, optimizer: dict, weight_decay: dict, scheduler: dict, loss: dict,
-                 num_classes: int, img_size: int):
+                 num_classes: int, img_size: int, mixup: dict | None = None, ema: dict | None = None,
+                 compile: bool = False):
         super().__init__()
         self.save_hyperparameters()
         self.model = create_model(model, num_classes, img_size)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=loss["label_smoothing"])
-        self.val_acc1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
-        self.val_acc5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro")
+        self.mixup = hydra.utils.instantiate(mixup, num_classes=num_classes) if mixup else None
+        self.train_criterion = SoftTargetCrossEntropy() if self.mixup else self.criterion
+        self.ema = None
+        if ema:
+            # Only validation_step calls the EMA, and Lightning runs validation in eval mode; the copy's mode
+            # otherwise follows the module's (ModelEmaV3 sets eval, which Lightning would warn about).
+            self.ema = ModelEmaV3(self.model, exclude_buffers=ema["exclude_buffers"]).requires_grad_(False).train()
+        prefixes = ("val", "val_ema") if self.ema else ("val",)
+        self.acc1 = nn.ModuleDict({p: MulticlassAccuracy(num_classes, top_k=1, average="micro") for p in prefixes})
+        self.acc5 = nn.ModuleDict({p: MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro")
+                                   for p in prefixes})
         self.best_val_acc1: float | None = None
+        self.best_val_ema_acc1: float | None = None
         self.diverged_at_step: int | None = None
         self.param_rows: list[param_groups.ParamRow] = []
+
+    def configure_model(self) -> None:
+        if self.hparams.compile and self.model._compiled_call_impl is None:
+            for m in (self.model, self.ema.module if self.ema else None):
+                if m is not None:
+                    m.compile()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
     def training_step(self, batch, batch_idx):
         x, y = batch
-        loss = self.criterion(self(x), y)
+        if self.mixup is not None:
+            x, y = self.mixup(x, y)
+        loss = self.train_criterion(self(x), y)
         if self.trainer.strategy.reduce_boolean_decision(not torch.isfinite(loss).item(), all=False):
             self.diverged_at_step = self.global_step
             self.trainer.should_stop = True
@@ -53,20 +101,29 @@ class Classifier(L.LightningModule):
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
         return loss
 
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        if self.ema is not None:  # global_step counts completed steps, this one not yet
+            self.ema.update(self.model, step=self.global_step + 1)
+
     def validation_step(self, batch, batch_idx):
         x, y = batch
-        logits = self(x)
-        self.val_acc1.update(logits, y)
-        self.val_acc5.update(logits, y)
-        self.log("val/loss", self.criterion(logits, y), sync_dist=True)
+        for prefix, net in (("val", self.model), ("val_ema", self.ema.module if self.ema else None)):
+            if net is not None:
+                logits = net(x)
+                self.acc1[prefix].update(logits, y)
+                self.acc5[prefix].update(logits, y)
+                self.log(f"{prefix}/loss", self.criterion(logits, y), sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
-        acc1, acc5 = 100.0 * self.val_acc1.compute().item(), 100.0 * self.val_acc5.compute().item()
-        self.val_acc1.reset(), self.val_acc5.reset()
-        self.log("val/acc1", acc1, prog_bar=True, sync_dist=True)  # equal on all ranks: compute() syncs
-        self.log("val/acc5", acc5, sync_dist=True)
-        if not self.trainer.sanity_checking:
-            self.best_val_acc1 = acc1 if self.best_val_acc1 is None else max(self.best_val_acc1, acc1)
+        for prefix in self.acc1:
+            acc1, acc5 = 100.0 * self.acc1[prefix].compute().item(), 100.0 * self.acc5[prefix].compute().item()
+            self.acc1[prefix].reset(), self.acc5[prefix].reset()
+            self.log(f"{prefix}/acc1", acc1, prog_bar=prefix == "val", sync_dist=True)  # compute() synced
+            self.log(f"{prefix}/acc5", acc5, sync_dist=True)
+            if not self.trainer.sanity_checking:
+                best = f"best_{prefix}_acc1"
+                setattr(self, best, acc1 if getattr(self, best) is None else max(getattr(self, best), acc1))
 
     def configure_optimizers(self):
         trainer = self.trainer
@@ -79,6 +136,22 @@ class Classifier(L.LightningModule):
             scheduler = build_scheduler(optimizer, self.hparams.scheduler, steps_per_epoch, epochs)
         except ValueError as e:  # a bad optimizer / weight_decay / scheduler setting: fail before step 0
             raise ConfigError(str(e)) from e
-        Path(trainer.default_root_dir).mkdir(parents=True, exist_ok=True)
-        (Path(trainer.default_root_dir) / "param_groups.tsv").write_text(param_groups.format_table(self.param_rows))
+        if self.ema is not None:
+            ema = self.hparams.ema
+            self.ema.decay = ema_decay(ema, steps_per_epoch * epochs)
+            self.ema.update_after_step = warmup_steps(self.hparams.scheduler, steps_per_epoch) \
+                if ema["copy_during_warmup"] else 0
+        self._report_param_groups(Path(trainer.default_root_dir))
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+    def _report_param_groups(self, run_dir: Path) -> None:
+        """``param_groups.tsv`` (per parameter), ``param_groups.json`` (per group), a log table, the loggers."""
+        if not self.trainer.is_global_zero:
+            return
+        summary = param_groups.summarize(self.param_rows)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "param_groups.tsv").write_text(param_groups.format_table(self.param_rows))
+        (run_dir / "param_groups.json").write_text(json.dumps(summary, indent=2) + "\n")
+        log.info("optimizer parameter groups:\n%s", param_groups.format_summary(summary))
+        for logger in self.loggers:
+            logger.log_hyperparams({"param_groups": summary})

@@ -2,11 +2,12 @@
 
     vitstem-train                                     # the default: a small ViT on synthetic data, CPU
     vitstem-train model=vit_c_32 optimizer=sgd optimizer.lr=0.1
-    vitstem-train experiment=xiao_4gf_stability      # a paper's recipe
+    vitstem-train experiment=xiao_c_4gf              # a paper's recipe (conf/experiment/)
     vitstem-train --help | --cfg job                  # options | the composed config
 
 Every run writes one directory (``run_dir``): ``config.yaml`` (resolved), ``metrics.csv``,
-``param_groups.tsv``, ``checkpoints/last.ckpt`` and ``results.json`` (see :mod:`vitstem.results`).
+``param_groups.tsv`` / ``param_groups.json``, ``checkpoints/last.ckpt`` and ``results.json`` (see
+:mod:`vitstem.results`; with an EMA it adds ``final_val_ema_acc1`` and ``best_val_ema_acc1``).
 """
 from __future__ import annotations
 
@@ -42,10 +43,9 @@ warnings.filterwarnings("ignore", message=".*LeafSpec.*")
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, Classifier, L.Trainer]:
     """Everything a run needs, built (and so checked) before any compute starts."""
     datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
-    module = Classifier(model=OmegaConf.to_container(cfg.model, resolve=True), optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
-                        weight_decay=OmegaConf.to_container(cfg.weight_decay, resolve=True),
-                        scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True), loss=OmegaConf.to_container(cfg.loss, resolve=True),
-                        num_classes=datamodule.num_classes, img_size=datamodule.img_size)
+    groups = {k: OmegaConf.to_container(cfg[k], resolve=True)
+              for k in ("model", "optimizer", "weight_decay", "scheduler", "loss", "mixup", "ema")}
+    module = Classifier(**groups, compile=cfg.compile, num_classes=datamodule.num_classes, img_size=datamodule.img_size)
     loggers = [hydra.utils.instantiate(c) for c in (cfg.logger or {}).values() if c is not None]
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None]
     if not cfg.trainer.get("enable_progress_bar", True):  # one switch turns any progress bar off
@@ -99,6 +99,7 @@ def collect(cfg, module: Classifier | None, trainer: L.Trainer | None, status: s
         epochs=trainer.current_epoch if trainer else 0, steps=trainer.global_step if trainer else 0,
         wall_time_s=round(wall, 2), train_images_per_s=throughput.images_per_s if throughput else None,
         diverged_at_step=module.diverged_at_step if module else None, error=error, model=cfg.model.name,
+        final_val_ema_acc1=metrics.get("val_ema/acc1"), best_val_ema_acc1=module.best_val_ema_acc1 if module else None,
         params_m=count_params(module.model) / 1e6 if module else None, global_batch_size=global_batch,
         overrides=overrides, run_dir=str(cfg.run_dir))
 

@@ -28,8 +28,18 @@ def build_optimizer(model: nn.Module, optimizer: dict, weight_decay: dict, globa
     return factory(param_groups.to_optimizer_groups(model, rows), lr=lr), rows
 
 
+def warmup_steps(scheduler: dict, steps_per_epoch: int) -> int:
+    """The warm-up length of ``scheduler`` in optimizer steps, whatever its ``warmup_unit``."""
+    warmup, unit = scheduler["warmup"], scheduler["warmup_unit"]
+    return round(warmup * steps_per_epoch) if unit == "epochs" else int(warmup)
+
+
 def build_scheduler(optimizer: Optimizer, scheduler: dict, steps_per_epoch: int, epochs: int) -> dict[str, Any]:
-    """A Lightning lr-scheduler dict: ``LambdaLR`` stepped every step, or every epoch (pycls)."""
+    """A Lightning lr-scheduler dict: ``LambdaLR`` stepped every step, or once per epoch (pycls).
+
+    With ``interval=epoch`` Lightning calls ``scheduler.step()`` at each epoch end, so epoch ``e`` trains at
+    ``lr * lr_factor(e)`` with lengths counted in epochs (a warm-up given in steps is rounded to epochs).
+    """
     cfg = dict(scheduler)
     interval, unit = cfg.pop("interval"), cfg.pop("warmup_unit")
     if interval not in ("step", "epoch") or unit not in ("steps", "epochs"):
@@ -37,7 +47,7 @@ def build_scheduler(optimizer: Optimizer, scheduler: dict, steps_per_epoch: int,
     warmup = cfg.pop("warmup")
     if interval == "step":
         total = steps_per_epoch * epochs
-        warmup = round(warmup * steps_per_epoch) if unit == "epochs" else int(warmup)
+        warmup = warmup_steps(scheduler, steps_per_epoch)
     else:
         total = epochs
         warmup = round(warmup if unit == "epochs" else warmup / steps_per_epoch)

@@ -82,3 +82,11 @@ def summarize(rows: list[ParamRow]) -> dict[str, dict]:
             n *= d
         s["params"] += n
     return out
+
+
+def format_summary(summary: dict[str, dict]) -> str:
+    """``summarize``'s output as a small fixed-width table (printed at the start of a run)."""
+    lines = [f"{'group':<28} {'tensors':>7} {'params':>12} {'lr':>10} {'weight_decay':>12}"]
+    lines += [f"{g:<28} {s['tensors']:>7} {s['params']:>12,} {s['lr']:>10.4g} {s['weight_decay']:>12.4g}"
+              for g, s in summary.items()]
+    return "\n".join(lines)

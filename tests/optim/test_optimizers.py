@@ -1,0 +1,34 @@
+"""The optimizer group: every conf/optimizer/*.yaml builds, at the linearly scaled lr (Goyal et al. 2017)."""
+from __future__ import annotations
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from vitstem.optim import build_optimizer, scaled_lr
+from vitstem.paths import CONF_DIR
+
+NAMES = sorted(p.stem for p in (CONF_DIR / "optimizer").glob("*.yaml"))
+
+
+def test_linear_scaling_rule():
+    assert scaled_lr(1e-3, 2048, 256) == pytest.approx(1.25e-4)   # Xiao: base lr at batch 2048
+    assert scaled_lr(5e-4, 512, 1024) == pytest.approx(1e-3)      # DeiT: 5e-4 x batch / 512
+    assert scaled_lr(1e-3, 4096, 4096) == pytest.approx(1e-3)     # Wortsman: batch 4096
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_optimizer_builds_and_steps(name):
+    cfg = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "optimizer" / f"{name}.yaml"))
+    model = nn.Linear(4, 3)
+    policy = {"decay": "all", "skip_1d": True, "skip": [], "multipliers": []}
+    opt, _ = build_optimizer(model, cfg, policy, global_batch_size=4 * cfg["ref_batch_size"])
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([4 * cfg["lr"]] * 2)
+    assert opt.defaults["lr"] == pytest.approx(4 * cfg["lr"])
+    before = model.weight.detach().clone()
+    model(torch.ones(2, 4)).sum().backward()
+    opt.step()
+    assert not torch.equal(before, model.weight)
+    if name == "sgd":
+        assert opt.defaults["nesterov"] and opt.defaults["momentum"] == 0.9
