@@ -43,7 +43,10 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, Classifier, L.Trainer
                         num_classes=datamodule.num_classes, img_size=datamodule.img_size)
     loggers = [hydra.utils.instantiate(c) for c in (cfg.logger or {}).values() if c is not None]
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None]
-    trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers, callbacks=callbacks, default_root_dir=cfg.run_dir)
+    # a data module that samples itself (repeated augmentation) must not be re-wrapped by Lightning under DDP
+    own_sampler = {"use_distributed_sampler": False} if getattr(datamodule, "builds_sampler", False) else {}
+    trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers, callbacks=callbacks, default_root_dir=cfg.run_dir,
+                                      **own_sampler)
     return datamodule, module, trainer
 
 
