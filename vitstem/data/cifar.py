@@ -69,9 +69,9 @@ class CIFARDataModule(AugmentedDataModule):
             self._check_files()
         resize = [T.Resize(img_size, interpolation=T.InterpolationMode(interpolation))] if img_size != 32 else []
         norm = dict(mean=tuple(mean), std=tuple(std))
-        self.train_transform = train_transform(
-            img_size, self.augment, primary=[T.RandomCrop(32, padding=padding), T.RandomHorizontalFlip(self.augment["hflip"]), *resize],
-            interpolation=interpolation, **norm)
+        crop_flip = [T.RandomCrop(32, padding=padding), T.RandomHorizontalFlip(self.augment["hflip"])]
+        self.train_transform = train_transform(img_size, self.augment, primary=[*crop_flip, *resize],
+                                               interpolation=interpolation, **norm)
         self.eval_transform = T.Compose([*resize, T.ToTensor(), T.Normalize(**norm)])
 
     def _files(self) -> list[tuple[str, str]]:

@@ -42,9 +42,9 @@ from vitstem.data.augment import AugmentedDataModule, train_transform
 log = logging.getLogger("vitstem")
 
 HOW_TO_GET = ("ImageNet cannot be downloaded automatically: get ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar "
-              "from https://image-net.org, unpack them to <root>/train/<wnid>/ and <root>/val/<wnid>/ (sort the "
-              "flat val images into wnid folders, e.g. with imagenet/extract_ILSVRC.sh of github.com/pytorch/examples), and point data.root "
-              "(default $VITSTEM_DATA/imagenet, else ./data/imagenet) at <root>")
+              "from https://image-net.org, unpack them to <root>/train/<wnid>/ and <root>/val/<wnid>/ (sort the flat "
+              "val images into wnid folders, e.g. with imagenet/extract_ILSVRC.sh of github.com/pytorch/examples), and "
+              "point data.root (default $VITSTEM_DATA/imagenet, else ./data/imagenet) at <root>")
 
 
 class CorruptImageError(RuntimeError):
@@ -99,7 +99,8 @@ def select_classes(wnids: list[str], num_classes: int, classes: list[str] | None
     if classes is not None:
         if len(classes) != num_classes or len(set(classes)) != len(classes):
             raise ConfigError(f"data.classes has {len(classes)} entries ({len(set(classes))} distinct) but "
-                              f"data.num_classes={num_classes}: list each class once and set data.num_classes={len(set(classes))}")
+                              f"data.num_classes={num_classes}: list each class once and set "
+                              f"data.num_classes={len(set(classes))}")
         return list(classes)
     n = len(wnids)
     if not 1 <= num_classes <= n:
@@ -134,7 +135,8 @@ class ImageNetDataModule(AugmentedDataModule):
         self.val_samples = self._scan(val_dir, None)
         try:
             self.train_transform = train_transform(img_size, self.augment, scale=tuple(scale), interpolation=interpolation)
-            self.eval_transform = create_transform(img_size, is_training=False, interpolation=interpolation, crop_pct=crop_pct)
+            self.eval_transform = create_transform(img_size, is_training=False, interpolation=interpolation,
+                                                   crop_pct=crop_pct)
         except (AssertionError, KeyError, ValueError, TypeError) as e:
             raise ConfigError(f"imagenet: bad transform setting (data.scale={scale}, data.interpolation={interpolation}, "
                               f"data.crop_pct={crop_pct}): {e!r}") from e
@@ -144,7 +146,8 @@ class ImageNetDataModule(AugmentedDataModule):
         for label, wnid in enumerate(self.classes):
             files = _images(split_dir / wnid, limit)
             if not files:
-                raise ConfigError(f"imagenet: class folder {split_dir / wnid} holds no images ({', '.join(IMG_EXTENSIONS)}); "
+                raise ConfigError(f"imagenet: class folder {split_dir / wnid} holds no images "
+                                  f"({', '.join(IMG_EXTENSIONS)}); "
                                   f"add its images, delete the folder in both train/ and val/, or leave the class out "
                                   f"with data.classes / data.num_classes")
             samples += [(f, label) for f in files]
