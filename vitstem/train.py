@@ -50,7 +50,10 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, Classifier, L.Trainer
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None]
     if not cfg.trainer.get("enable_progress_bar", True):  # one switch turns any progress bar off
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-    trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers, callbacks=callbacks, default_root_dir=cfg.run_dir)
+    # a data module that samples itself (repeated augmentation) must not be re-wrapped by Lightning under DDP
+    own_sampler = {"use_distributed_sampler": False} if getattr(datamodule, "builds_sampler", False) else {}
+    trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers, callbacks=callbacks, default_root_dir=cfg.run_dir,
+                                      **own_sampler)
     return datamodule, module, trainer
 
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import lightning as L
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 
 class ImageDataModule(L.LightningDataModule):
@@ -10,7 +10,8 @@ class ImageDataModule(L.LightningDataModule):
 
     ``loader`` holds the DataLoader settings (``batch_size`` per device, ``num_workers``,
     ``pin_memory``, ``persistent_workers``, ``prefetch_factor``). Distributed sampling is left to
-    Lightning, which wraps these loaders in a ``DistributedSampler`` under DDP.
+    Lightning, which wraps these loaders in a ``DistributedSampler`` under DDP, unless a subclass passes
+    its own ``sampler`` (repeated augmentation, :mod:`vitstem.data.augment`).
     """
 
     train_set: Dataset
@@ -27,12 +28,13 @@ class ImageDataModule(L.LightningDataModule):
     def batch_size(self) -> int:
         return self.loader["batch_size"]
 
-    def _dataloader(self, dataset: Dataset, train: bool) -> DataLoader:
+    def _dataloader(self, dataset: Dataset, train: bool, sampler: Sampler | None = None) -> DataLoader:
         workers = self.loader["num_workers"]
         extra = {}
         if workers > 0:
             extra = dict(persistent_workers=self.loader["persistent_workers"], prefetch_factor=self.loader["prefetch_factor"])
-        return DataLoader(dataset, batch_size=self.loader["batch_size"], shuffle=train, drop_last=train,
+        return DataLoader(dataset, batch_size=self.loader["batch_size"], shuffle=train and sampler is None,
+                          sampler=sampler, drop_last=train,
                           num_workers=workers, pin_memory=self.loader["pin_memory"], **extra)
 
     def train_dataloader(self) -> DataLoader:

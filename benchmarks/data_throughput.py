@@ -1,0 +1,124 @@
+"""Training-loader throughput of a vitstem data module: images/s for each ``num_workers``.
+
+The data module is the one ``vitstem-train <overrides>`` would build (Hydra compose of ``conf/train.yaml``).
+For each worker count the training loader (``persistent_workers`` on, so worker start-up is not timed)
+is iterated for ``--warmup`` batches, then ``--batches`` batches are timed; the loader is re-iterated
+when an epoch ends. Writes JSON with images/s per worker count, batch size, image size, data set and
+the machine.
+
+    # no ImageNet here: make a tiny ImageFolder of real JPEGs and time it at 224 px
+    python benchmarks/data_throughput.py --make-imagefolder /tmp/tinyin --classes 4 --per-class 64 \\
+        --size 256 --workers 1 2 -- model.img_size=224 data.loader.batch_size=32
+    python benchmarks/data_throughput.py --workers 0 4 8 -- data=imagenet data.root=/data/imagenet model=vit_s16
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from PIL import Image
+
+from vitstem.paths import CONF_DIR
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "data_throughput.json"
+
+
+def make_imagefolder(root: Path, classes: int, per_class: int, size: int, seed: int = 0) -> Path:
+    """``root/{train,val}/<wnid>/*.JPEG``: smooth random colour fields with noise, ``size`` px, JPEG quality 90.
+
+    Validation gets a quarter as many images per class (at least one).
+    """
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", per_class), ("val", max(1, per_class // 4))):
+        for c in range(classes):
+            folder = root / split / f"n{c:08d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                coarse = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+                img = np.asarray(Image.fromarray(coarse).resize((size * 5 // 4, size), Image.BICUBIC), dtype=np.float32)
+                img = np.clip(img + rng.normal(0, 12, img.shape), 0, 255).astype(np.uint8)
+                Image.fromarray(img).save(folder / f"n{c:08d}_{i}.JPEG", quality=90)
+    return root
+
+
+def build_datamodule(overrides: list[str]):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="data_throughput"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    return cfg, hydra.utils.instantiate(cfg.data, _convert_="all")
+
+
+def time_loader(dm, workers: int, batches: int, warmup: int) -> dict:
+    dm.loader.update(num_workers=workers, persistent_workers=workers > 0)
+    loader = dm.train_dataloader()
+    if len(loader) == 0:
+        raise SystemExit(f"the training loader has no full batch of {dm.batch_size}: lower data.loader.batch_size")
+    it, images, start = iter(loader), 0, None
+    for step in range(warmup + batches):
+        if step == warmup:
+            start, images = time.perf_counter(), 0
+        try:
+            x, _ = next(it)
+        except StopIteration:
+            it = iter(loader)
+            x, _ = next(it)
+        images += len(x)
+    seconds = time.perf_counter() - start
+    del it, loader  # stop the workers before the next setting
+    return dict(num_workers=workers, images_per_s=round(images / seconds, 1), images=images, seconds=round(seconds, 3))
+
+
+def machine() -> dict:
+    return dict(platform=platform.platform(), processor=platform.processor() or platform.machine(),
+                cpu_count=os.cpu_count(), cpus_available=len(os.sched_getaffinity(0)),
+                python=platform.python_version(), torch=torch.__version__, torch_threads=torch.get_num_threads())
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="Hydra overrides (as for vitstem-train) go after the options, e.g. -- data=cifar10")
+    p.add_argument("overrides", nargs="*", help="vitstem-train overrides, e.g. data=imagenet model.img_size=224")
+    p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="num_workers settings to time")
+    p.add_argument("--batches", type=int, default=20, help="timed batches per setting")
+    p.add_argument("--warmup", type=int, default=3, help="untimed batches first")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON file to write")
+    p.add_argument("--make-imagefolder", type=Path, metavar="DIR",
+                   help="write a tiny ImageFolder of JPEGs to DIR and time data=imagenet on it")
+    p.add_argument("--classes", type=int, default=4)
+    p.add_argument("--per-class", type=int, default=64, help="training images per class (val: a quarter)")
+    p.add_argument("--size", type=int, default=256, help="image height in px (width is 5/4 of it)")
+    a = p.parse_args(argv)
+    overrides = list(a.overrides)
+    if a.make_imagefolder:
+        make_imagefolder(a.make_imagefolder, a.classes, a.per_class, a.size)
+        given = {o.split("=", 1)[0] for o in overrides}
+        overrides = [o for k, o in (("data", "data=imagenet"), ("data.root", f"data.root={a.make_imagefolder}"),
+                                    ("data.num_classes", f"data.num_classes={a.classes}")) if k not in given] + overrides
+    cfg, dm = build_datamodule(overrides)
+    dm.setup("fit")
+    runs = []
+    for w in a.workers:
+        runs.append(time_loader(dm, w, a.batches, a.warmup))
+        print(f"num_workers={w}: {runs[-1]['images_per_s']:.1f} images/s", flush=True)
+    result = dict(data=cfg.hydra.runtime.choices["data"], overrides=overrides, img_size=dm.img_size,
+                  batch_size=dm.batch_size, train_images=len(dm.train_set),
+                  batches=a.batches, warmup=a.warmup, augment=dict(cfg.data.augment) if "augment" in cfg.data else None,
+                  results=runs, machine=machine(), time=time.strftime("%Y-%m-%d %H:%M:%S"))
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {a.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,77 @@
+"""The data/augment group: flip, auto-augment, random erasing and repeated augmentation on CIFAR / ImageNet."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from PIL import Image
+from timm.data.auto_augment import AutoAugment, RandAugment
+from timm.data.distributed_sampler import RepeatAugSampler
+from timm.data.random_erasing import RandomErasing
+from torch.utils.data import DistributedSampler
+
+from tests.conftest import TINY, compose_config, train
+from vitstem.config import ConfigError
+from vitstem.train import build
+
+
+def cifar(root, *more: str) -> list[str]:
+    return TINY + ["data=cifar10", f"data.root={root}", "data.verify_checksums=false", *more]
+
+
+def test_presets_compose_one_augment_node():
+    deit = compose_config(["data=imagenet", "data/augment=deit"]).data.augment
+    assert dict(deit) == dict(hflip=0.5, auto_augment="rand-m9-mstd0.5-inc1", color_jitter=0.3, re_prob=0.25,
+                              re_mode="pixel", num_repeats=3)
+    assert compose_config(["data=cifar100", "data/augment=autoaugment"]).data.augment.auto_augment == "v0"
+    assert compose_config(["data=cifar10", "data/augment=none"]).data.augment.hflip == 0.0
+    assert "augment" not in compose_config([]).data  # synthetic data: classes depend on orientation
+
+
+def test_hflip_probability_one_flips_every_image(cifar_root, datamodule):
+    dm = datamodule(cifar(cifar_root[0], "data.padding=0", "data.augment.hflip=1.0", "model.img_size=32"))
+    dm.setup("fit")
+    flipped = dm.train_set[2][0]
+    plain = dm.eval_transform(Image.fromarray(dm.train_set.data[2]))
+    assert torch.allclose(flipped, plain.flip(-1))
+
+
+@pytest.mark.parametrize("preset,kind", [("autoaugment", AutoAugment), ("randaugment", RandAugment)])
+def test_auto_augment_presets_build_timm_policies(cifar_root, imagefolder, datamodule, preset, kind):
+    for overrides in (cifar(cifar_root[0]), TINY + ["data=imagenet", f"data.root={imagefolder}", "data.num_classes=4"]):
+        dm = datamodule(overrides + [f"data/augment={preset}"])
+        assert any(isinstance(t, kind) for t in dm.train_transform.transforms)
+        dm.setup("fit")
+        assert dm.train_set[0][0].shape == (3, 16, 16)
+
+
+def test_bad_auto_augment_string_is_a_config_error(cifar_root, datamodule):
+    with pytest.raises(ConfigError, match="data.augment.auto_augment='bogus'"):
+        datamodule(cifar(cifar_root[0], "data.augment.auto_augment=bogus"))
+    with pytest.raises(ConfigError, match=r"data.augment.re_prob=1.5 must be a probability"):
+        datamodule(cifar(cifar_root[0], "data.augment.re_prob=1.5"))
+
+
+def test_deit_repeated_augmentation_builds_its_own_sampler_and_trains(cifar_root, tmp_path):
+    cfg = compose_config(cifar(cifar_root[0], "data/augment=deit"), tmp_path / "built")
+    dm, _, trainer = build(cfg)
+    assert dm.builds_sampler and trainer._accelerator_connector.use_distributed_sampler is False
+    assert any(isinstance(t, RandomErasing) and t.probability == 0.25 for t in dm.train_transform.transforms)
+    dm.setup("fit")
+    sampler = dm.train_dataloader().sampler
+    assert isinstance(sampler, RepeatAugSampler) and len(sampler) == 20
+    order = list(sampler)
+    assert order[0] == order[1] == order[2] and order[3] == order[4] == order[5]  # each image 3 times in a row
+    results = train(cifar(cifar_root[0], "data/augment=deit"), tmp_path / "run")
+    assert results["status"] == "finished" and results["steps"] == 2
+
+
+def test_under_ddp_the_data_module_shards_train_and_val_itself(cifar_root, datamodule):
+    dm = datamodule(cifar(cifar_root[0], "data/augment=deit"))
+    dm.setup("fit")
+    dm.trainer = SimpleNamespace(world_size=2, global_rank=1)
+    train_sampler, val_sampler = dm.train_dataloader().sampler, dm.val_dataloader().sampler
+    assert (train_sampler.num_replicas, train_sampler.rank, len(train_sampler)) == (2, 1, 10)
+    assert isinstance(val_sampler, DistributedSampler) and (val_sampler.num_replicas, val_sampler.rank) == (2, 1)
+    assert len(list(val_sampler)) == 4

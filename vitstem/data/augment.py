@@ -1,0 +1,82 @@
+"""The ``data/augment`` config group: training augmentation shared by the CIFAR and ImageNet data modules.
+
+One node, ``data.augment``, holds every augmentation switch (``conf/data/augment/*.yaml``):
+
+- ``hflip``: horizontal flip probability.
+- ``auto_augment``: ``null``, an AutoAugment policy (``v0``, ``original``) or a RandAugment string
+  (``rand-m9-mstd0.5-inc1``), built by timm (:mod:`timm.data.auto_augment`).
+- ``color_jitter``: colour-jitter strength, or ``null`` (timm drops it when ``auto_augment`` is set).
+- ``re_prob`` / ``re_mode``: random erasing (Zhong et al., 2017) probability and fill, timm's
+  :class:`~timm.data.random_erasing.RandomErasing`.
+- ``num_repeats``: repeated augmentation (Hoffer et al., 2020; Berman et al., 2019; the DeiT recipe):
+  with ``num_repeats > 1`` the training loader samples with timm's
+  :class:`~timm.data.distributed_sampler.RepeatAugSampler`, which shards over devices itself, so the
+  data module builds its samplers (train and, under DDP, val) and the train app turns Lightning's
+  ``use_distributed_sampler`` off (see :attr:`AugmentedDataModule.builds_sampler`).
+
+The random crop itself is the data set's (``data.padding`` for CIFAR, ``data.scale`` for ImageNet).
+"""
+from __future__ import annotations
+
+from timm.data import create_transform
+from timm.data.distributed_sampler import RepeatAugSampler
+from torch.utils.data import DataLoader, DistributedSampler
+from torchvision import transforms as T
+
+from vitstem.config import ConfigError
+from vitstem.data.base import ImageDataModule
+
+
+def train_transform(img_size: int, augment: dict, primary: list | None = None, **kwargs) -> T.Compose:
+    """``timm.data.create_transform(is_training=True)`` with the ``data.augment`` settings.
+
+    ``primary`` replaces timm's random-resized crop and flip (CIFAR's pad-and-crop); auto-augment,
+    colour jitter, normalisation and random erasing stay timm's. ``kwargs`` go to ``create_transform``.
+    """
+    for key in ("hflip", "re_prob"):
+        if not 0 <= augment[key] <= 1:
+            raise ConfigError(f"data.augment.{key}={augment[key]} must be a probability in [0, 1]")
+    if augment["num_repeats"] < 1:
+        raise ConfigError(f"data.augment.num_repeats={augment['num_repeats']} must be >= 1 (1 = no repeated augmentation)")
+    args = dict(input_size=img_size, is_training=True, hflip=augment["hflip"], auto_augment=augment["auto_augment"],
+                color_jitter=augment["color_jitter"], re_prob=augment["re_prob"], re_mode=augment["re_mode"], **kwargs)
+    try:
+        if primary is None:
+            return create_transform(**args)
+        _, secondary, final = create_transform(separate=True, **args)
+    except (AssertionError, KeyError, ValueError) as e:
+        raise ConfigError(f"data.augment.auto_augment={augment['auto_augment']!r}: timm cannot build it ({e!r}); use null, "
+                          "an AutoAugment policy such as 'v0' or a RandAugment string such as 'rand-m9-mstd0.5-inc1'") from e
+    return T.Compose([*primary, *secondary.transforms, *final.transforms])
+
+
+class AugmentedDataModule(ImageDataModule):
+    """An :class:`ImageDataModule` with a ``data.augment`` node; builds its own samplers for repeated augmentation."""
+
+    def __init__(self, num_classes: int, img_size: int, loader: dict, augment: dict):
+        super().__init__(num_classes=num_classes, img_size=img_size, loader=loader)
+        self.augment = dict(augment)
+
+    @property
+    def builds_sampler(self) -> bool:
+        """True with repeated augmentation: the train app then passes ``use_distributed_sampler=False``."""
+        return self.augment["num_repeats"] > 1
+
+    def _world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
+    def train_dataloader(self) -> DataLoader:
+        if not self.builds_sampler:
+            return super().train_dataloader()
+        world, rank = self._world()
+        sampler = RepeatAugSampler(self.train_set, num_replicas=world, rank=rank, shuffle=True,
+                                   num_repeats=self.augment["num_repeats"])
+        return self._dataloader(self.train_set, train=True, sampler=sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        world, rank = self._world()
+        if not self.builds_sampler or world == 1:
+            return super().val_dataloader()
+        sampler = DistributedSampler(self.val_set, num_replicas=world, rank=rank, shuffle=False)
+        return self._dataloader(self.val_set, train=False, sampler=sampler)
