@@ -11,7 +11,7 @@ import torch
 from omegaconf import open_dict
 from timm.loss import SoftTargetCrossEntropy
 
-from conftest import TINY, compose_config, train
+from tests.helpers import TINY, compose_config, train
 from vitstem.module import ema_decay
 from vitstem.train import build
 

@@ -3,16 +3,16 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import compose_config, train
+from tests.helpers import compose_config, train
 from vitstem.paths import CONF_DIR
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 
 # The experiment's own model, stem and attention, shrunk: 1 block of width 32 at 32 px (patch 16: 2 x 2 tokens).
 SHRINK = ["data=synthetic", "model.depth=1", "model.embed_dim=32", "model.num_heads=2", "model.img_size=32",
-          "data.img_size=32", "trainer.max_epochs=1", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1",
+          "data.img_size=32", "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
           "data.loader.batch_size=8", "scheduler.warmup=0", "~callbacks.progress_bar",
-          "+trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1", "trainer.accelerator=cpu",
+          "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1", "trainer.accelerator=cpu",
           "trainer.devices=1", "trainer.strategy=auto", "trainer.precision=32-true"]
 
 # Xiao et al. 2021 Table 4 (batch 2048): model -> AdamW (lr, wd), SGD (lr, wd)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from hydra.errors import MissingConfigException
 
-from tests.conftest import TINY, compose_config, train
+from tests.helpers import TINY, compose_config, train
 from vitstem.paths import CONF_DIR
 
 RESULT_KEYS = {"status", "final_val_acc1", "best_val_acc1", "final_val_err1", "best_val_err1", "epochs", "steps",
@@ -69,9 +69,20 @@ def group_options():
             yield group, option.stem
 
 
+def parent_choice(group: str) -> list[str]:
+    """For a nested group (``data/augment``), a parent option whose defaults list includes it."""
+    if "/" not in group:
+        return []
+    parent, child = group.rsplit("/", 1)
+    for option in sorted((CONF_DIR / parent).glob("*.yaml")):
+        if f"{child}:" in option.read_text():
+            return [f"{parent}={option.stem}"]
+    raise AssertionError(f"no {parent} option uses {group}")
+
+
 @pytest.mark.parametrize("group,option", list(group_options()))
 def test_every_config_group_option_composes(group, option):
-    cfg = compose_config([f"{group}={option}"])
+    cfg = compose_config(parent_choice(group) + [f"{group}={option}"])
     assert cfg.hydra.runtime.choices[group] == option
     assert cfg.model.name and cfg.optimizer.lr > 0 and cfg.data.loader.batch_size >= 1
 
@@ -103,7 +114,7 @@ def test_bad_override_fails_before_training(tmp_path, override, message):
 def test_help_and_cfg_job(tmp_path):
     helped = run_cli("--help", cwd=tmp_path)
     assert helped.returncode == 0
-    assert "model/stem: conv_small, conv_xiao_18gf" in helped.stdout and "optimizer: adam, adamw, sgd" in helped.stdout
+    assert "model/stem: conv_small, conv_xiao_18gf" in helped.stdout and "optimizer: adam, adamw, lamb, sgd" in helped.stdout
     shown = run_cli("--cfg", "job", "model=vit_c_32", "model/attention=relu", cwd=tmp_path)
     assert shown.returncode == 0
     for line in ("depth: 3", "channels: 32", "activation: relu", "embed_dim: 128"):

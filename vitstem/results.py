@@ -2,7 +2,8 @@
 
 Keys are stable; later tools rely on them:
 ``status`` ("finished", "diverged" or "failed"), ``final_val_acc1``, ``best_val_acc1``,
-``final_val_err1``, ``best_val_err1`` (percent), ``final_val_acc5``, ``final_train_loss``, ``epochs``,
+``final_val_err1``, ``best_val_err1`` (percent), ``final_val_acc5``, ``final_val_ema_acc1`` and
+``best_val_ema_acc1`` (null without ``ema``), ``final_train_loss``, ``epochs``,
 ``steps``, ``wall_time_s``, ``train_images_per_s``, ``diverged_at_step`` (null unless diverged),
 ``error`` (null unless failed), ``model``, ``params_m``, ``global_batch_size``, ``overrides``,
 ``run_dir``, ``git_commit`` and ``versions``.

@@ -16,6 +16,7 @@ def _fmt(value) -> str:
 def print_summary(results: dict) -> None:
     table = Table(title=f"vitstem run: {results['status']}", show_header=False)
     for key in ("model", "params_m", "final_val_acc1", "best_val_acc1", "final_val_err1", "final_val_acc5",
+                "final_val_ema_acc1", "best_val_ema_acc1",
                 "final_train_loss", "epochs", "steps", "global_batch_size", "train_images_per_s", "wall_time_s",
                 "diverged_at_step", "error", "run_dir"):
         if key in results and (results[key] is not None or key in ("final_val_acc1",)):

@@ -71,13 +71,14 @@ def run(cfg: DictConfig) -> dict:
             L.seed_everything(cfg.seed, workers=True)
             torch.set_float32_matmul_precision(cfg.matmul_precision)
             datamodule, module, trainer = build(cfg)
-        except (ValueError, InstantiationException) as e:
-            raise ConfigError(str(e)) from e
+        except (ValueError, InstantiationException) as e:  # report our own message, not Hydra's wrapper
+            cause = e.__cause__ if isinstance(e, InstantiationException) and e.__cause__ else e
+            raise ConfigError(str(cause)) from e
         global_batch = datamodule.batch_size * trainer.world_size * trainer.accumulate_grad_batches
         log.info("run dir %s | model %s (%.2f M params) | global batch %d = %d per device x %d devices x %d "
                  "accumulated", run_dir, cfg.model.name, count_params(module.model) / 1e6, global_batch,
                  datamodule.batch_size, trainer.world_size, trainer.accumulate_grad_batches)
-        trainer.fit(module, datamodule=datamodule)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
         status = "diverged" if module.diverged_at_step is not None else "finished"
     except BaseException as e:
         error = f"{type(e).__name__}: {e}"

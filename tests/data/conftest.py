@@ -7,7 +7,7 @@ import hydra
 import pytest
 from hydra.errors import InstantiationException
 
-from tests.conftest import compose_config
+from tests.helpers import compose_config
 from tests.data.tiny_files import CIFAR_FILES, write_cifar, write_imagefolder
 
 

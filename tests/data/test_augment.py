@@ -11,7 +11,7 @@ from timm.data.distributed_sampler import RepeatAugSampler
 from timm.data.random_erasing import RandomErasing
 from torch.utils.data import DistributedSampler
 
-from tests.conftest import TINY, compose_config, train
+from tests.helpers import TINY, compose_config, train
 from vitstem.config import ConfigError
 from vitstem.train import build
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import TINY, train
+from tests.helpers import TINY, train
 from tests.data.tiny_files import write_cifar
 from vitstem.config import ConfigError
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from tests.conftest import TINY, train
+from tests.helpers import TINY, train
 from vitstem.config import ConfigError
 from vitstem.data.imagenet import CorruptImageError
 

@@ -11,7 +11,7 @@ from torch import nn
 from vitstem.optim import build_scheduler
 from vitstem.optim.schedules import lr_factor
 
-from conftest import TINY, train
+from tests.helpers import TINY, train
 
 BASE = 0.4
 
