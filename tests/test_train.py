@@ -131,3 +131,13 @@ def test_ddp_on_two_cpu_processes(tmp_path):
     assert results["status"] == "finished" and results["steps"] == 2
     assert results["global_batch_size"] == 2 * 8
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_component_checks_also_fail_before_training(tmp_path):
+    """Checks owned by a component (the loader's batch size) stop the run before step 0, naming the key."""
+    from vitstem.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"data.loader.batch_size=0: must be at least 1"):
+        train(TINY + ["data.loader.batch_size=0"], tmp_path)
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["status"] == "failed" and results["steps"] == 0
