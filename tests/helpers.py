@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import lightning as L
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -40,3 +41,43 @@ def train(overrides: list[str], run_dir: Path) -> dict:
     with open_dict(cfg):
         del cfg.hydra
     return run(cfg)
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args, cwd, timeout: float = 300, env: dict | None = None):
+    """``python -m vitstem.train <args>`` in a subprocess (``tests.helpers`` importable there)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO), **(env or {})}
+    return subprocess.run([sys.executable, "-m", "vitstem.train", *args], capture_output=True, text=True, cwd=cwd,
+                          env=env, timeout=timeout)
+
+
+class SignalAt(L.Callback):
+    """Test callback: send this process ``signal`` (a name, e.g. SIGKILL, SIGUSR1) during training step ``step + 1``
+    (when ``global_step == step`` at its start) on global rank ``rank``, optionally only when the base lr
+    equals ``when_lr``."""
+
+    def __init__(self, step: int, signal: str = "SIGKILL", rank: int = 0, when_lr: float | None = None):
+        self.step, self.signal, self.rank, self.when_lr = step, signal, rank, when_lr
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        import signal as signals
+
+        lr_ok = self.when_lr is None or abs(pl_module.hparams.optimizer["lr"] - self.when_lr) < 1e-12
+        if trainer.global_step == self.step and trainer.global_rank == self.rank and lr_ok:
+            os.kill(os.getpid(), getattr(signals, self.signal))
+
+
+class RecordRank(L.Callback):
+    """Test callback: each rank writes ``rank<global rank>.json`` into the run folder with the lr and pid it saw."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        import json
+
+        seen = {"lr": pl_module.hparams.optimizer["lr"], "pid": os.getpid(), "world_size": trainer.world_size,
+                "run_dir": trainer.default_root_dir}
+        (Path(trainer.default_root_dir) / f"rank{trainer.global_rank}.json").write_text(json.dumps(seen))

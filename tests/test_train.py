@@ -10,7 +10,7 @@ import pytest
 import torch
 from hydra.errors import MissingConfigException
 
-from tests.helpers import TINY, compose_config, train
+from tests.helpers import TINY, compose_config, run_cli, train
 from vitstem.paths import CONF_DIR
 
 RESULT_KEYS = {"status", "final_val_acc1", "best_val_acc1", "final_val_err1", "best_val_err1", "epochs", "steps",
@@ -90,12 +90,6 @@ def test_every_config_group_option_composes(group, option):
 def test_unknown_group_option_names_the_choices():
     with pytest.raises(MissingConfigException, match="Could not find 'model/vit_nope'"):
         compose_config(["model=vit_nope"])
-
-
-def run_cli(*args, cwd):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "vitstem.train", *args], capture_output=True, text=True, cwd=cwd,
-                          env=env, timeout=300)
 
 
 @pytest.mark.parametrize("override,message", [

@@ -1,10 +1,50 @@
-"""Loggers: Lightning's CSV logger always; wandb on request, offline when no API key is set."""
+"""Loggers: Lightning's CSV logger always (continued, not rewritten, on resume); wandb on request, offline
+when no API key is set, one wandb run per run folder (its id is kept there and reused on resume)."""
 from __future__ import annotations
 
+import csv
 import netrc
 import os
+import uuid
+from pathlib import Path
 
+from lightning.pytorch.loggers import CSVLogger as _CSVLogger
 from lightning.pytorch.loggers import WandbLogger
+
+WANDB_ID_FILE = "wandb_run_id"
+
+
+class CSVLogger(_CSVLogger):
+    """Lightning's ``CSVLogger``; :meth:`resume_before` keeps the rows an earlier attempt logged.
+
+    Lightning deletes ``metrics.csv`` when its writer starts in a folder that has one; after a resume the
+    rows logged before the checkpoint's step are written back first, and later rows (logged after the
+    checkpoint by the attempt that was killed, and about to be logged again) are dropped.
+    """
+
+    _kept: tuple[list[str], list[dict]] | None = None
+
+    def resume_before(self, step: int) -> None:
+        path = Path(self.log_dir) / "metrics.csv"
+        if path.is_file():
+            with path.open(newline="") as f:
+                reader = csv.DictReader(f)
+                rows = [r for r in reader if r.get("step") not in (None, "") and int(float(r["step"])) < step]
+                self._kept = (list(reader.fieldnames or []), rows)
+
+    @property
+    def experiment(self):
+        first = self._experiment is None
+        writer = super().experiment
+        if first and self._kept is not None:
+            keys, rows = self._kept
+            with open(writer.metrics_file_path, "w", newline="") as f:
+                out = csv.DictWriter(f, fieldnames=keys)
+                out.writeheader()
+                out.writerows(rows)
+            writer.metrics_keys = list(keys)
+            self._kept = None
+        return writer
 
 
 def wandb_api_key_present() -> bool:
@@ -17,11 +57,23 @@ def wandb_api_key_present() -> bool:
         return False
 
 
-def wandb_logger(offline: bool | None = None, **kwargs) -> WandbLogger:
-    """Lightning's ``WandbLogger``; ``offline=None`` means offline exactly when no API key is set."""
+def wandb_run_id(save_dir: str) -> str:
+    """The wandb run id of this run folder: read from ``<save_dir>/wandb_run_id``, else made and kept there."""
+    path = Path(save_dir) / WANDB_ID_FILE
+    if path.is_file():
+        return path.read_text().strip()
+    run_id = uuid.uuid4().hex[:8]  # wandb's own ids: 8 lowercase alphanumerics
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(run_id + "\n")
+    return run_id
+
+
+def wandb_logger(offline: bool | None = None, save_dir: str = ".", **kwargs) -> WandbLogger:
+    """Lightning's ``WandbLogger``; ``offline=None`` means offline exactly when no API key is set. The run id
+    is the run folder's (:func:`wandb_run_id`), with ``resume="allow"``: a resumed run continues its chart."""
     if offline is None:
         offline = os.environ.get("WANDB_MODE") == "offline" or not wandb_api_key_present()
-    return WandbLogger(offline=offline, **kwargs)
+    return WandbLogger(offline=offline, save_dir=save_dir, id=wandb_run_id(save_dir), resume="allow", **kwargs)
 
 
 def finish_wandb(failed: bool) -> None:

@@ -125,6 +125,16 @@ class Classifier(L.LightningModule):
                 best = f"best_{prefix}_acc1"
                 setattr(self, best, acc1 if getattr(self, best) is None else max(getattr(self, best), acc1))
 
+    _KEPT = ("best_val_acc1", "best_val_ema_acc1")  # carried across a resume in the checkpoint
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["vitstem"] = {k: getattr(self, k) for k in self._KEPT}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        for k, v in checkpoint.get("vitstem", {}).items():
+            if k in self._KEPT:
+                setattr(self, k, v)
+
     def configure_optimizers(self):
         trainer = self.trainer
         global_batch = trainer.datamodule.batch_size * trainer.world_size * trainer.accumulate_grad_batches

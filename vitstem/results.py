@@ -1,12 +1,14 @@
 """``results.json``: the one record of a finished (or diverged, or failed) run that sweeps read.
 
 Keys are stable; later tools rely on them:
-``status`` ("finished", "diverged" or "failed"), ``final_val_acc1``, ``best_val_acc1``,
+``status`` ("finished", "diverged", "failed" or "interrupted": stopped by a signal after writing its
+checkpoint), ``final_val_acc1``, ``best_val_acc1``,
 ``final_val_err1``, ``best_val_err1`` (percent), ``final_val_acc5``, ``final_val_ema_acc1`` and
 ``best_val_ema_acc1`` (null without ``ema``), ``final_train_loss``, ``epochs``,
 ``steps``, ``wall_time_s``, ``train_images_per_s``, ``diverged_at_step`` (null unless diverged),
 ``error`` (null unless failed), ``model``, ``params_m``, ``global_batch_size``, ``overrides``,
-``run_dir``, ``git_commit`` and ``versions``.
+``run_dir``, ``resumed_from`` (the checkpoint this attempt continued, or null), ``git_commit`` and
+``versions``.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-STATUSES = ("finished", "diverged", "failed")
+STATUSES = ("finished", "diverged", "failed", "interrupted")
 
 
 def git_commit() -> str | None:

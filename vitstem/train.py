@@ -23,15 +23,19 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from lightning.pytorch.callbacks import ProgressBar
-from omegaconf import DictConfig, OmegaConf
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vitstem.callbacks import Throughput
 from vitstem.config import ConfigError, validate
-from vitstem.loggers import finish_wandb
+from vitstem.loggers import CSVLogger, finish_wandb
 from vitstem.models.complexity import count_params
 from vitstem.module import Classifier
 from vitstem.paths import CONF_DIR
 from vitstem.results import make_results, write_results
+from vitstem.runs import folder
+from vitstem.runs.checkpoint import RunCheckpoint
+from vitstem.scale import ddp
 from vitstem.summary import print_summary
 
 log = logging.getLogger("vitstem")
@@ -50,46 +54,85 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, Classifier, L.Trainer
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None]
     if not cfg.trainer.get("enable_progress_bar", True):  # one switch turns any progress bar off
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-    # a data module that samples itself (repeated augmentation) must not be re-wrapped by Lightning under DDP
-    own_sampler = {"use_distributed_sampler": False} if getattr(datamodule, "builds_sampler", False) else {}
-    trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers, callbacks=callbacks, default_root_dir=cfg.run_dir,
-                                      **own_sampler)
+    trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers, callbacks=callbacks, default_root_dir=cfg.run_dir)
+    if cfg.ckpt_path:  # continue metrics.csv: keep the rows logged before the checkpoint's step
+        step = torch.load(cfg.ckpt_path, map_location="cpu", weights_only=True, mmap=True).get("global_step", 0)
+        for logger in loggers:
+            if isinstance(logger, CSVLogger):
+                logger.resume_before(step)
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    ddp.adopt(trainer, overrides, str(cfg.run_dir), cfg.ckpt_path)
     return datamodule, module, trainer
 
 
 def run(cfg: DictConfig) -> dict:
-    """Train once as ``cfg`` says; always write ``results.json`` (also when the config is bad); return it."""
+    """Train once as ``cfg`` says into its run folder and return ``results.json``'s record.
+
+    Rank 0 first decides what the folder needs (:func:`vitstem.runs.folder.plan`): a finished run is not
+    retrained, a checkpoint is resumed, a folder of other settings is refused. ``results.json`` is then
+    always written, also when the config is bad or training fails.
+    """
+    resumed_from = None
+    if not ddp.is_child():
+        plan = folder.plan(cfg, Path(cfg.run_dir), retrain=cfg.retrain)
+        if plan.action == "skip":
+            log.info("%s already holds a %s run; not retrained (retrain=true trains again into a fresh folder)",
+                     plan.run_dir, plan.previous["status"])
+            print_summary(plan.previous)
+            return plan.previous
+        resumed_from = plan.ckpt_path if plan.action == "resume" else None
+        with open_dict(cfg):
+            cfg.run_dir, cfg.ckpt_path = str(plan.run_dir), resumed_from
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     status, error, start = "failed", None, time.perf_counter()
     module = trainer = None
     global_batch = None
-    try:
+    with ddp.job_environment():
         try:
-            validate(cfg)
-            (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-            L.seed_everything(cfg.seed, workers=True)
-            torch.set_float32_matmul_precision(cfg.matmul_precision)
-            datamodule, module, trainer = build(cfg)
-        except (ValueError, InstantiationException) as e:  # report our own message, not Hydra's wrapper
-            cause = e.__cause__ if isinstance(e, InstantiationException) and e.__cause__ else e
-            raise ConfigError(str(cause)) from e
-        global_batch = datamodule.batch_size * trainer.world_size * trainer.accumulate_grad_batches
-        log.info("run dir %s | model %s (%.2f M params) | global batch %d = %d per device x %d devices x %d "
-                 "accumulated", run_dir, cfg.model.name, count_params(module.model) / 1e6, global_batch,
-                 datamodule.batch_size, trainer.world_size, trainer.accumulate_grad_batches)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
-        status = "diverged" if module.diverged_at_step is not None else "finished"
-    except BaseException as e:
-        error = f"{type(e).__name__}: {e}"
-        raise
-    finally:
-        results = collect(cfg, module, trainer, status, error, time.perf_counter() - start, global_batch)
-        if trainer is None or trainer.is_global_zero:
-            write_results(run_dir, results)
-            print_summary(results)
-        finish_wandb(failed=status == "failed")
+            try:
+                validate(cfg)
+                (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+                L.seed_everything(cfg.seed, workers=True)
+                torch.set_float32_matmul_precision(cfg.matmul_precision)
+                datamodule, module, trainer = build(cfg)
+            except (ValueError, InstantiationException) as e:  # report our own message, not Hydra's wrapper
+                cause = e.__cause__ if isinstance(e, InstantiationException) and e.__cause__ else e
+                raise ConfigError(str(cause)) from e
+            global_batch = datamodule.batch_size * trainer.world_size * trainer.accumulate_grad_batches
+            log.info("run dir %s | model %s (%.2f M params) | global batch %d = %d per device x %d devices x %d "
+                     "accumulated%s", run_dir, cfg.model.name, count_params(module.model) / 1e6, global_batch,
+                     datamodule.batch_size, trainer.world_size, trainer.accumulate_grad_batches,
+                     f" | resuming {cfg.ckpt_path}" if cfg.ckpt_path else "")
+            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
+            status = "diverged" if module.diverged_at_step is not None else "finished"
+            if status == "finished" and _checkpointer(trainer) and _checkpointer(trainer).interrupted:
+                status, error = "interrupted", f"stopped by {_checkpointer(trainer).interrupted}"
+        except SIGTERMException:
+            status, error = "interrupted", "stopped by SIGTERM"
+        except BaseException as e:
+            error = ddp.launcher_failure(trainer) or f"{type(e).__name__}: {e}"
+            raise
+        finally:
+            results = collect(cfg, module, trainer, status, error, time.perf_counter() - start, global_batch)
+            results["resumed_from"] = resumed_from
+            if trainer is None or trainer.is_global_zero:
+                write_results(run_dir, results)
+                print_summary(results)
+            finish_wandb(failed=status == "failed")
+            ddp.join_ranks(trainer)
+    if status == "interrupted":
+        raise Interrupted(f"{error}; the checkpoint is {run_dir / 'checkpoints' / 'last.ckpt'}: "
+                          "run the same command again to resume")
     return results
+
+
+class Interrupted(Exception):
+    """Training stopped on a signal after writing its checkpoint."""
+
+
+def _checkpointer(trainer: L.Trainer | None) -> RunCheckpoint | None:
+    return next((c for c in trainer.callbacks if isinstance(c, RunCheckpoint)), None) if trainer else None
 
 
 def collect(cfg, module: Classifier | None, trainer: L.Trainer | None, status: str, error: str | None,
@@ -114,6 +157,8 @@ def main(cfg: DictConfig) -> None:
         run(cfg)
     except ConfigError as e:
         sys.exit(f"vitstem-train: configuration error: {e}")
+    except Interrupted as e:
+        sys.exit(f"vitstem-train: interrupted: {e}")
 
 
 if __name__ == "__main__":

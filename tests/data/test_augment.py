@@ -56,11 +56,11 @@ def test_bad_auto_augment_string_is_a_config_error(cifar_root, datamodule):
 def test_deit_repeated_augmentation_builds_its_own_sampler_and_trains(cifar_root, tmp_path):
     cfg = compose_config(cifar(cifar_root[0], "data/augment=deit"), tmp_path / "built")
     dm, _, trainer = build(cfg)
-    assert dm.builds_sampler and trainer._accelerator_connector.use_distributed_sampler is False
+    assert trainer._accelerator_connector.use_distributed_sampler is False
     assert any(isinstance(t, RandomErasing) and t.probability == 0.25 for t in dm.train_transform.transforms)
     dm.setup("fit")
     sampler = dm.train_dataloader().sampler
-    assert isinstance(sampler, RepeatAugSampler) and len(sampler) == 20
+    assert isinstance(sampler.base, RepeatAugSampler) and len(sampler) == 20
     order = list(sampler)
     assert order[0] == order[1] == order[2] and order[3] == order[4] == order[5]  # each image 3 times in a row
     results = train(cifar(cifar_root[0], "data/augment=deit"), tmp_path / "run")
@@ -72,6 +72,6 @@ def test_under_ddp_the_data_module_shards_train_and_val_itself(cifar_root, datam
     dm.setup("fit")
     dm.trainer = SimpleNamespace(world_size=2, global_rank=1)
     train_sampler, val_sampler = dm.train_dataloader().sampler, dm.val_dataloader().sampler
-    assert (train_sampler.num_replicas, train_sampler.rank, len(train_sampler)) == (2, 1, 10)
+    assert (train_sampler.base.num_replicas, train_sampler.base.rank, len(train_sampler)) == (2, 1, 10)
     assert isinstance(val_sampler, DistributedSampler) and (val_sampler.num_replicas, val_sampler.rank) == (2, 1)
     assert len(list(val_sampler)) == 4

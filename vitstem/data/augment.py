@@ -10,9 +10,8 @@ One node, ``data.augment``, holds every augmentation switch (``conf/data/augment
   :class:`~timm.data.random_erasing.RandomErasing`.
 - ``num_repeats``: repeated augmentation (Hoffer et al., 2020; Berman et al., 2019; the DeiT recipe):
   with ``num_repeats > 1`` the training loader samples with timm's
-  :class:`~timm.data.distributed_sampler.RepeatAugSampler`, which shards over devices itself, so the
-  data module builds its samplers (train and, under DDP, val) and the train app turns Lightning's
-  ``use_distributed_sampler`` off (see :attr:`AugmentedDataModule.builds_sampler`).
+  :class:`~timm.data.distributed_sampler.RepeatAugSampler`, which shards over devices itself
+  (:meth:`AugmentedDataModule.base_train_sampler`; made resumable like every training sampler).
 
 The random crop itself is the data set's (``data.padding`` for CIFAR, ``data.scale`` for ImageNet).
 """
@@ -20,7 +19,7 @@ from __future__ import annotations
 
 from timm.data import create_transform
 from timm.data.distributed_sampler import RepeatAugSampler
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import Sampler
 from torchvision import transforms as T
 
 from vitstem.config import ConfigError
@@ -51,32 +50,15 @@ def train_transform(img_size: int, augment: dict, primary: list | None = None, *
 
 
 class AugmentedDataModule(ImageDataModule):
-    """An :class:`ImageDataModule` with a ``data.augment`` node; builds its own samplers for repeated augmentation."""
+    """An :class:`ImageDataModule` with a ``data.augment`` node (repeated augmentation samples with timm's sampler)."""
 
     def __init__(self, num_classes: int, img_size: int, loader: dict, augment: dict):
         super().__init__(num_classes=num_classes, img_size=img_size, loader=loader)
         self.augment = dict(augment)
 
-    @property
-    def builds_sampler(self) -> bool:
-        """True with repeated augmentation: the train app then passes ``use_distributed_sampler=False``."""
-        return self.augment["num_repeats"] > 1
-
-    def _world(self) -> tuple[int, int]:
-        trainer = self.trainer
-        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-
-    def train_dataloader(self) -> DataLoader:
-        if not self.builds_sampler:
-            return super().train_dataloader()
-        world, rank = self._world()
-        sampler = RepeatAugSampler(self.train_set, num_replicas=world, rank=rank, shuffle=True,
-                                   num_repeats=self.augment["num_repeats"])
-        return self._dataloader(self.train_set, train=True, sampler=sampler)
-
-    def val_dataloader(self) -> DataLoader:
-        world, rank = self._world()
-        if not self.builds_sampler or world == 1:
-            return super().val_dataloader()
-        sampler = DistributedSampler(self.val_set, num_replicas=world, rank=rank, shuffle=False)
-        return self._dataloader(self.val_set, train=False, sampler=sampler)
+    def base_train_sampler(self, world: int, rank: int) -> Sampler | None:
+        """timm's ``RepeatAugSampler`` with ``num_repeats > 1`` (it shards over ranks itself)."""
+        if self.augment["num_repeats"] <= 1:
+            return None
+        return RepeatAugSampler(self.train_set, num_replicas=world, rank=rank, shuffle=True,
+                                num_repeats=self.augment["num_repeats"])

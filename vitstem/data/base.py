@@ -2,16 +2,20 @@
 from __future__ import annotations
 
 import lightning as L
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from vitstem.data.sampler import ResumableSampler
 
 
 class ImageDataModule(L.LightningDataModule):
     """Base DataModule: subclasses set ``train_set`` and ``val_set`` in ``setup``.
 
     ``loader`` holds the DataLoader settings (``batch_size`` per device, ``num_workers``,
-    ``pin_memory``, ``persistent_workers``, ``prefetch_factor``). Distributed sampling is left to
-    Lightning, which wraps these loaders in a ``DistributedSampler`` under DDP, unless a subclass passes
-    its own ``sampler`` (repeated augmentation, :mod:`vitstem.data.augment`).
+    ``pin_memory``, ``persistent_workers``, ``prefetch_factor``, ``seed``). The data module builds its
+    own samplers and shards them over DDP ranks itself (the train app turns Lightning's
+    ``use_distributed_sampler`` off): training draws from a :class:`ResumableSampler` (around
+    :meth:`base_train_sampler`, which subclasses change for repeated augmentation), so that a resumed
+    run sees the same batches as an uninterrupted one; validation is sharded without shuffling.
     """
 
     train_set: Dataset
@@ -28,17 +32,29 @@ class ImageDataModule(L.LightningDataModule):
     def batch_size(self) -> int:
         return self.loader["batch_size"]
 
-    def _dataloader(self, dataset: Dataset, train: bool, sampler: Sampler | None = None) -> DataLoader:
+    def _world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
+    def _dataloader(self, dataset: Dataset, train: bool, sampler: Sampler, generator=None) -> DataLoader:
         workers = self.loader["num_workers"]
         extra = {}
         if workers > 0:
             extra = dict(persistent_workers=self.loader["persistent_workers"], prefetch_factor=self.loader["prefetch_factor"])
-        return DataLoader(dataset, batch_size=self.loader["batch_size"], shuffle=train and sampler is None,
-                          sampler=sampler, drop_last=train,
-                          num_workers=workers, pin_memory=self.loader["pin_memory"], **extra)
+        return DataLoader(dataset, batch_size=self.loader["batch_size"], sampler=sampler, drop_last=train,
+                          generator=generator, num_workers=workers, pin_memory=self.loader["pin_memory"], **extra)
+
+    def base_train_sampler(self, world: int, rank: int) -> Sampler | None:
+        """The shuffling sampler to make resumable; None: torch's ``DistributedSampler``."""
+        return None
 
     def train_dataloader(self) -> DataLoader:
-        return self._dataloader(self.train_set, train=True)
+        world, rank = self._world()
+        sampler = ResumableSampler(self.train_set, seed=self.loader["seed"], num_replicas=world, rank=rank,
+                                   base=self.base_train_sampler(world, rank))
+        return self._dataloader(self.train_set, train=True, sampler=sampler, generator=sampler.generator)
 
     def val_dataloader(self) -> DataLoader:
-        return self._dataloader(self.val_set, train=False)
+        world, rank = self._world()
+        sampler = DistributedSampler(self.val_set, num_replicas=world, rank=rank, shuffle=False)
+        return self._dataloader(self.val_set, train=False, sampler=sampler)
