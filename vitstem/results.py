@@ -7,7 +7,9 @@ checkpoint), ``final_val_acc1``, ``best_val_acc1``,
 ``best_val_ema_acc1`` (null without ``ema``), ``final_train_loss``, ``epochs``,
 ``steps``, ``wall_time_s``, ``train_images_per_s``, ``diverged_at_step`` (null unless diverged),
 ``error`` (null unless failed), ``model``, ``params_m``, ``global_batch_size``, ``overrides``,
-``run_dir``, ``resumed_from`` (the checkpoint this attempt continued, or null), ``git_commit`` and
+``run_dir``, ``hparams`` (:func:`hparams`: model, stem, attention, optimizer, base and scaled lr, weight
+decay, warm-up, epochs, global batch, seed, study name, sample index and sampled keys),
+``best_val_ema_err1`` (with an EMA), ``resumed_from`` (the checkpoint this attempt continued, or null), ``git_commit`` and
 ``versions``.
 """
 from __future__ import annotations
@@ -47,6 +49,18 @@ def versions() -> dict[str, str]:
             "cuda": torch.version.cuda or "none"}
 
 
+def hparams(cfg, choices: dict, global_batch: int | None) -> dict:
+    """What was run, in the terms of the papers: the ``hparams`` block of ``results.json``."""
+    sched, opt, att = cfg.scheduler, cfg.optimizer, cfg.model.get("attention") or {}
+    scaled = opt.lr * global_batch / opt.ref_batch_size if global_batch else None
+    return {"model": cfg.model.name, "stem": choices.get("model/stem"), "attention": {
+                "activation": att.get("activation", "softmax"), "alpha": att.get("alpha")},
+            "optimizer": choices.get("optimizer"), "lr": opt.lr, "lr_scaled": scaled, "ref_batch_size": opt.ref_batch_size,
+            "weight_decay": opt.weight_decay, "warmup": sched.warmup, "warmup_unit": sched.warmup_unit,
+            "epochs": cfg.trainer.max_epochs, "global_batch": global_batch, "seed": cfg.seed, "ema": choices.get("ema"),
+            "study": cfg.study.name, "sample": cfg.study.sample, "sampled": list(cfg.study.sampled)}
+
+
 def _err(acc: float | None) -> float | None:
     return None if acc is None else 100.0 - acc
 
@@ -54,8 +68,9 @@ def _err(acc: float | None) -> float | None:
 def make_results(status: str, final_val_acc1: float | None, best_val_acc1: float | None, **fields: Any) -> dict:
     """The results record; ``fields`` carries the other keys listed in the module docstring."""
     assert status in STATUSES, status
+    ema = {"best_val_ema_err1": _err(fields["best_val_ema_acc1"])} if fields.get("best_val_ema_acc1") is not None else {}
     return {"status": status, "final_val_acc1": final_val_acc1, "best_val_acc1": best_val_acc1,
-            "final_val_err1": _err(final_val_acc1), "best_val_err1": _err(best_val_acc1), **fields,
+            "final_val_err1": _err(final_val_acc1), "best_val_err1": _err(best_val_acc1), **ema, **fields,
             "git_commit": git_commit(), "versions": versions()}
 
 

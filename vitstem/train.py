@@ -32,7 +32,7 @@ from vitstem.loggers import CSVLogger, finish_wandb
 from vitstem.models.complexity import count_params
 from vitstem.module import Classifier
 from vitstem.paths import CONF_DIR
-from vitstem.results import make_results, write_results
+from vitstem.results import hparams, make_results, write_results
 from vitstem.runs import folder
 from vitstem.runs.checkpoint import RunCheckpoint
 from vitstem.scale import ddp
@@ -140,6 +140,7 @@ def collect(cfg, module: Classifier | None, trainer: L.Trainer | None, status: s
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()} if trainer else {}
     throughput = next((c for c in trainer.callbacks if isinstance(c, Throughput)), None) if trainer else None
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    choices = dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {}
     return make_results(
         status, metrics.get("val/acc1"), module.best_val_acc1 if module else None,
         final_val_acc5=metrics.get("val/acc5"), final_train_loss=metrics.get("train/loss"),
@@ -148,7 +149,7 @@ def collect(cfg, module: Classifier | None, trainer: L.Trainer | None, status: s
         diverged_at_step=module.diverged_at_step if module else None, error=error, model=cfg.model.name,
         final_val_ema_acc1=metrics.get("val_ema/acc1"), best_val_ema_acc1=module.best_val_ema_acc1 if module else None,
         params_m=count_params(module.model) / 1e6 if module else None, global_batch_size=global_batch,
-        overrides=overrides, run_dir=str(cfg.run_dir))
+        overrides=overrides, run_dir=str(cfg.run_dir), hparams=hparams(cfg, choices, global_batch))
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
