@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+import traceback
 import warnings
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.errors import InstantiationException
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -110,8 +112,13 @@ def run(cfg: DictConfig) -> dict:
                 status, error = "interrupted", f"stopped by {_checkpointer(trainer).interrupted}"
         except SIGTERMException:
             status, error = "interrupted", "stopped by SIGTERM"
+        except KeyboardInterrupt:
+            status, error = "interrupted", "KeyboardInterrupt"
+            raise
         except BaseException as e:
             error = ddp.launcher_failure(trainer) or f"{type(e).__name__}: {e}"
+            if not isinstance(e, ConfigError) and (trainer is None or trainer.is_global_zero):
+                (run_dir / "traceback.txt").write_text(traceback.format_exc())
             raise
         finally:
             results = collect(cfg, module, trainer, status, error, time.perf_counter() - start, global_batch)
@@ -157,6 +164,8 @@ def main(cfg: DictConfig) -> None:
     try:
         run(cfg)
     except ConfigError as e:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # the sweeper records this job as failed and goes on to the next
         sys.exit(f"vitstem-train: configuration error: {e}")
     except Interrupted as e:
         sys.exit(f"vitstem-train: interrupted: {e}")

@@ -1,0 +1,1 @@
+"""Studies as Hydra multiruns: the random sweeper (sampling, job order, failure report) and sweep folders."""
