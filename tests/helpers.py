@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -40,3 +42,10 @@ def train(overrides: list[str], run_dir: Path) -> dict:
     with open_dict(cfg):
         del cfg.hydra
     return run(cfg)
+
+
+def run_cli(*args, cwd):
+    """``python -m vitstem.train *args`` in a subprocess (the real CLI: exit code, stderr)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "vitstem.train", *args], capture_output=True, text=True, cwd=cwd,
+                          env=env, timeout=300)

@@ -1,16 +1,14 @@
 """vitstem-train end to end: results.json, learning, logging, composition and early errors."""
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from hydra.errors import MissingConfigException
 
-from tests.helpers import TINY, compose_config, train
+from tests.helpers import TINY, compose_config, run_cli, train
+from vitstem.config import validate
 from vitstem.paths import CONF_DIR
 
 RESULT_KEYS = {"status", "final_val_acc1", "best_val_acc1", "final_val_err1", "best_val_err1", "epochs", "steps",
@@ -85,17 +83,12 @@ def test_every_config_group_option_composes(group, option):
     cfg = compose_config(parent_choice(group) + [f"{group}={option}"])
     assert cfg.hydra.runtime.choices[group] == option
     assert cfg.model.name and cfg.optimizer.lr > 0 and cfg.data.loader.batch_size >= 1
+    validate(cfg)  # and passes the schema
 
 
 def test_unknown_group_option_names_the_choices():
     with pytest.raises(MissingConfigException, match="Could not find 'model/vit_nope'"):
         compose_config(["model=vit_nope"])
-
-
-def run_cli(*args, cwd):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "vitstem.train", *args], capture_output=True, text=True, cwd=cwd,
-                          env=env, timeout=300)
 
 
 @pytest.mark.parametrize("override,message", [
@@ -134,10 +127,10 @@ def test_ddp_on_two_cpu_processes(tmp_path):
 
 
 def test_component_checks_also_fail_before_training(tmp_path):
-    """Checks owned by a component (the loader's batch size) stop the run before step 0, naming the key."""
+    """Checks owned by a component (the synthetic set's smallest image) stop the run before step 0, naming the key."""
     from vitstem.config import ConfigError
 
-    with pytest.raises(ConfigError, match=r"data.loader.batch_size=0: must be at least 1"):
-        train(TINY + ["data.loader.batch_size=0"], tmp_path)
+    with pytest.raises(ConfigError, match=r"data.img_size=4: the synthetic data set renders images of 8 px or more"):
+        train(TINY + ["data.img_size=4"], tmp_path)
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["status"] == "failed" and results["steps"] == 0
