@@ -174,6 +174,7 @@ class Mixup(TypedDict):
 class Config(TypedDict):
     seed: Annotated[int, Field(ge=0, le=2**32 - 1)]
     ckpt_path: str | None
+    init_from: str | None
     matmul_precision: Literal["highest", "high", "medium"]
     compile: bool
     model: Model
@@ -246,5 +247,7 @@ def validate(cfg: DictConfig) -> None:
     model = cfg.model
     _require(model.embed_dim % model.num_heads == 0,
              f"model.embed_dim={model.embed_dim} must be a multiple of model.num_heads={model.num_heads}")
+    _require(not (cfg.ckpt_path and cfg.init_from), f"ckpt_path={cfg.ckpt_path} and init_from={cfg.init_from} are both "
+             "set: ckpt_path resumes a run (weights, optimizer, step), init_from starts a new one from weights only")
     _require(not cfg.ema or cfg.ema.decay is not None or cfg.ema.horizon is not None,
              "ema.decay and ema.horizon are both null: set one (a fixed per-step decay, or the EMA's share of the run)")

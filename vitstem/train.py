@@ -11,6 +11,7 @@ Every run writes one directory (``run_dir``): ``config.yaml`` (resolved), ``metr
 """
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -26,6 +27,7 @@ from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from vitstem.callbacks import Throughput
+from vitstem.checkpoints import check_resumable, init_weights
 from vitstem.config import ConfigError, validate
 from vitstem.loggers import finish_wandb
 from vitstem.models.complexity import count_params
@@ -71,6 +73,10 @@ def run(cfg: DictConfig) -> dict:
             L.seed_everything(cfg.seed, workers=True)
             torch.set_float32_matmul_precision(cfg.matmul_precision)
             datamodule, module, trainer = build(cfg)
+            if cfg.init_from:
+                (run_dir / "init_from.json").write_text(json.dumps(init_weights(module.model, cfg.init_from), indent=2))
+            if cfg.ckpt_path:
+                check_resumable(cfg.ckpt_path)
         except (ValueError, InstantiationException) as e:  # report our own message, not Hydra's wrapper
             cause = e.__cause__ if isinstance(e, InstantiationException) and e.__cause__ else e
             raise ConfigError(str(cause)) from e
