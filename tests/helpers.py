@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -48,9 +50,6 @@ REPO = Path(__file__).resolve().parent.parent
 
 def run_cli(*args, cwd, timeout: float = 300, env: dict | None = None):
     """``python -m vitstem.train <args>`` in a subprocess (``tests.helpers`` importable there)."""
-    import subprocess
-    import sys
-
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO), **(env or {})}
     return subprocess.run([sys.executable, "-m", "vitstem.train", *args], capture_output=True, text=True, cwd=cwd,
                           env=env, timeout=timeout)

@@ -1,9 +1,6 @@
 """vitstem-train end to end: results.json, learning, logging, composition and early errors."""
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +8,7 @@ import torch
 from hydra.errors import MissingConfigException
 
 from tests.helpers import TINY, compose_config, run_cli, train
+from vitstem.config import validate
 from vitstem.paths import CONF_DIR
 
 RESULT_KEYS = {"status", "final_val_acc1", "best_val_acc1", "final_val_err1", "best_val_err1", "epochs", "steps",
@@ -63,10 +61,14 @@ def test_wandb_offline_writes_its_run_files(tmp_path, monkeypatch):
 
 
 def group_options():
+    """Every (group, option) pair; a study's forms (``conf/sweep/<study>/tiny.yaml``) are options of ``sweep``."""
     for group_dir in sorted(p for p in CONF_DIR.rglob("*") if p.is_dir() and p.name not in ("loader",)):
         group = group_dir.relative_to(CONF_DIR).as_posix()
+        prefix = ""
+        if group.startswith("sweep/"):
+            group, prefix = "sweep", group.split("/", 1)[1] + "/"
         for option in sorted(group_dir.glob("*.yaml")):
-            yield group, option.stem
+            yield group, prefix + option.stem
 
 
 def parent_choice(group: str) -> list[str]:
@@ -85,6 +87,7 @@ def test_every_config_group_option_composes(group, option):
     cfg = compose_config(parent_choice(group) + [f"{group}={option}"])
     assert cfg.hydra.runtime.choices[group] == option
     assert cfg.model.name and cfg.optimizer.lr > 0 and cfg.data.loader.batch_size >= 1
+    validate(cfg)  # and passes the schema
 
 
 def test_unknown_group_option_names_the_choices():
@@ -128,10 +131,10 @@ def test_ddp_on_two_cpu_processes(tmp_path):
 
 
 def test_component_checks_also_fail_before_training(tmp_path):
-    """Checks owned by a component (the loader's batch size) stop the run before step 0, naming the key."""
+    """Checks owned by a component (the synthetic set's smallest image) stop the run before step 0, naming the key."""
     from vitstem.config import ConfigError
 
-    with pytest.raises(ConfigError, match=r"data.loader.batch_size=0: must be at least 1"):
-        train(TINY + ["data.loader.batch_size=0"], tmp_path)
+    with pytest.raises(ConfigError, match=r"data.img_size=4: the synthetic data set renders images of 8 px or more"):
+        train(TINY + ["data.img_size=4"], tmp_path)
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["status"] == "failed" and results["steps"] == 0

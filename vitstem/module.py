@@ -9,6 +9,7 @@ import hydra
 import lightning as L
 import timm
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from timm.loss import SoftTargetCrossEntropy
 from timm.utils import ModelEmaV3
 from torch import nn
@@ -16,7 +17,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from vitstem.config import ConfigError
 import vitstem.models  # noqa: F401  (registers the model zoo)
-from vitstem.optim import build_optimizer, build_scheduler, param_groups, warmup_steps
+from vitstem.optim import build_optimizer, build_scheduler, fit_warmup, param_groups, warmup_steps
 
 log = logging.getLogger("vitstem")
 
@@ -137,20 +138,27 @@ class Classifier(L.LightningModule):
 
     def configure_optimizers(self):
         trainer = self.trainer
-        global_batch = trainer.datamodule.batch_size * trainer.world_size * trainer.accumulate_grad_batches
+        datamodule = trainer.datamodule
+        global_batch = datamodule.batch_size * trainer.world_size * trainer.accumulate_grad_batches
         try:
+            steps = trainer.estimated_stepping_batches  # sets up the training data (a limit below one batch fails)
+            if steps < 1:  # a run that trains nothing must not finish as if it had
+                raise ValueError(f"the run would train 0 steps: {len(datamodule.train_set)} training images make no "
+                                 f"full batch of data.loader.batch_size={datamodule.batch_size} per device x "
+                                 f"{trainer.world_size} devices (the last incomplete batch is dropped): use more "
+                                 "training images or a smaller data.loader.batch_size")
             optimizer, self.param_rows = build_optimizer(self.model, self.hparams.optimizer,
                                                          self.hparams.weight_decay, global_batch)
             epochs = trainer.max_epochs
-            steps_per_epoch = max(1, trainer.estimated_stepping_batches // epochs)
-            scheduler = build_scheduler(optimizer, self.hparams.scheduler, steps_per_epoch, epochs)
-        except ValueError as e:  # a bad optimizer / weight_decay / scheduler setting: fail before step 0
+            steps_per_epoch = max(1, steps // epochs)
+            schedule = fit_warmup(self.hparams.scheduler, steps_per_epoch, epochs)
+            scheduler = build_scheduler(optimizer, schedule, steps_per_epoch, epochs)
+        except (ValueError, MisconfigurationException) as e:  # bad data / optimizer / schedule setting: fail now
             raise ConfigError(str(e)) from e
         if self.ema is not None:
             ema = self.hparams.ema
             self.ema.decay = ema_decay(ema, steps_per_epoch * epochs)
-            self.ema.update_after_step = warmup_steps(self.hparams.scheduler, steps_per_epoch) \
-                if ema["copy_during_warmup"] else 0
+            self.ema.update_after_step = warmup_steps(schedule, steps_per_epoch) if ema["copy_during_warmup"] else 0
         self._report_param_groups(Path(trainer.default_root_dir))
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
 

@@ -50,15 +50,23 @@ def versions() -> dict[str, str]:
 
 
 def hparams(cfg, choices: dict, global_batch: int | None) -> dict:
-    """What was run, in the terms of the papers: the ``hparams`` block of ``results.json``."""
-    sched, opt, att = cfg.scheduler, cfg.optimizer, cfg.model.get("attention") or {}
-    scaled = opt.lr * global_batch / opt.ref_batch_size if global_batch else None
-    return {"model": cfg.model.name, "stem": choices.get("model/stem"), "attention": {
-                "activation": att.get("activation", "softmax"), "alpha": att.get("alpha")},
-            "optimizer": choices.get("optimizer"), "lr": opt.lr, "lr_scaled": scaled, "ref_batch_size": opt.ref_batch_size,
-            "weight_decay": opt.weight_decay, "warmup": sched.warmup, "warmup_unit": sched.warmup_unit,
-            "epochs": cfg.trainer.max_epochs, "global_batch": global_batch, "seed": cfg.seed, "ema": choices.get("ema"),
-            "study": cfg.study.name, "sample": cfg.study.sample, "sampled": list(cfg.study.sampled)}
+    """What was run, in the terms of the papers: the ``hparams`` block of ``results.json`` (a key the config
+    lacks, as in a rejected config, is null)."""
+    from omegaconf import OmegaConf
+
+    def get(key: str):
+        return OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+
+    lr, ref = get("optimizer.lr"), get("optimizer.ref_batch_size")
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (lr, ref, global_batch))
+    return {"model": get("model.name"), "stem": choices.get("model/stem"),
+            "attention": {"activation": get("model.attention.activation") or "softmax",
+                          "alpha": get("model.attention.alpha")},
+            "optimizer": choices.get("optimizer"), "lr": lr, "lr_scaled": lr * global_batch / ref if numeric and ref else None,
+            "ref_batch_size": ref, "weight_decay": get("optimizer.weight_decay"), "warmup": get("scheduler.warmup"),
+            "warmup_unit": get("scheduler.warmup_unit"), "epochs": get("trainer.max_epochs"), "global_batch": global_batch,
+            "seed": get("seed"), "ema": choices.get("ema"), "study": get("study.name"), "sample": get("study.sample"),
+            "sampled": list(get("study.sampled") or [])}
 
 
 def _err(acc: float | None) -> float | None:

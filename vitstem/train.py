@@ -11,6 +11,7 @@ Every run writes one directory (``run_dir``): ``config.yaml`` (resolved), ``metr
 """
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -29,6 +30,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vitstem.callbacks import Throughput
+from vitstem.checkpoints import check_resumable, init_weights, load_checkpoint
 from vitstem.config import ConfigError, validate
 from vitstem.loggers import CSVLogger, finish_wandb
 from vitstem.models.complexity import count_params
@@ -58,7 +60,7 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, Classifier, L.Trainer
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers, callbacks=callbacks, default_root_dir=cfg.run_dir)
     if cfg.ckpt_path:  # continue metrics.csv: keep the rows logged before the checkpoint's step
-        step = torch.load(cfg.ckpt_path, map_location="cpu", weights_only=True, mmap=True).get("global_step", 0)
+        step = load_checkpoint(cfg.ckpt_path)["global_step"]
         for logger in loggers:
             if isinstance(logger, CSVLogger):
                 logger.resume_before(step)
@@ -97,7 +99,12 @@ def run(cfg: DictConfig) -> dict:
                 (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
                 L.seed_everything(cfg.seed, workers=True)
                 torch.set_float32_matmul_precision(cfg.matmul_precision)
+                if cfg.ckpt_path:
+                    check_resumable(cfg.ckpt_path)
                 datamodule, module, trainer = build(cfg)
+                if cfg.init_from:
+                    report = init_weights(module.model, cfg.init_from)
+                    (run_dir / "init_from.json").write_text(json.dumps(report, indent=2))
             except (ValueError, InstantiationException) as e:  # report our own message, not Hydra's wrapper
                 cause = e.__cause__ if isinstance(e, InstantiationException) and e.__cause__ else e
                 raise ConfigError(str(cause)) from e

@@ -86,6 +86,16 @@ def test_stem_invariants_are_checked():
         ConvStem(224, 16, 3, 384, **{**spec, "norm": "groupnorm"})
 
 
+def test_a_layers_padding_is_used_and_must_keep_the_token_grid():
+    layers = [{"kernel": 2, "stride": 2, "channels": 8, "padding": 0}, {"kernel": 5, "stride": 2, "channels": 8}]
+    stem = ConvStem(32, 4, 3, 16, layers=layers, proj_kernel=1, proj_stride=1)
+    assert [c.padding[0] for c in convs(stem)] == [0, 2, 0]  # unset: (kernel - 1) // 2
+    assert stem(torch.randn(1, 3, 32, 32)).shape == (1, 64, 16)
+    with pytest.raises(ValueError, match=r"\(kernel, stride, padding\) \[\(3, 2, 0\), \(2, 2, 0\)\] map img_size=32 to 7 "
+                                         r"tokens a side, not 8: change a layer's padding"):
+        ConvStem(32, 4, 3, 16, layers=[{"kernel": 3, "stride": 2, "channels": 8, "padding": 0}])
+
+
 def test_pycls_stem_init_survives_timm_vit_init():
     """timm's ViT init (jax mode for Xiao's models) runs first; the stem re-initialises itself after it."""
     import timm

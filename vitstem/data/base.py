@@ -25,8 +25,6 @@ class ImageDataModule(L.LightningDataModule):
         super().__init__()
         self.num_classes, self.img_size = num_classes, img_size
         self.loader = dict(loader)
-        if self.loader["batch_size"] < 1:
-            raise ValueError(f"data.loader.batch_size={self.loader['batch_size']}: must be at least 1")
 
     @property
     def batch_size(self) -> int:

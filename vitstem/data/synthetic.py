@@ -99,8 +99,6 @@ class SyntheticDataModule(ImageDataModule):
     def __init__(self, num_classes: int, img_size: int, train_size: int, val_size: int, seed: int,
                  noise: float, loader: dict):
         super().__init__(num_classes=num_classes, img_size=img_size, loader=loader)
-        if num_classes < 2:
-            raise ValueError(f"data.num_classes={num_classes}: the synthetic data set needs at least 2 classes")
         if img_size < 8:
             raise ValueError(f"data.img_size={img_size}: the synthetic data set renders images of 8 px or more")
         self.train_size, self.val_size, self.seed, self.noise = train_size, val_size, seed, noise

@@ -48,18 +48,26 @@ def conv_norm_act(in_chs: int, out_chs: int, kernel: int, stride: int, norm: str
     return mods
 
 
-class ConvStem(PatchEmbed):
-    """A stem given as data: ``layers`` of (kernel, stride, channels[, norm, act]) then a projection.
+def _side(size: int, convs: list[tuple[int, int, int]]) -> int:
+    """The side of a ``size`` x ``size`` input after ``convs`` of (kernel, stride, padding)."""
+    for kernel, stride, padding in convs:
+        size = (size + 2 * padding - kernel) // stride + 1
+    return size
 
-    Each layer is a ``kernel x kernel`` conv with padding ``(kernel - 1) // 2`` and no bias, then its
-    ``norm`` and ``act`` (defaulting to the stem-wide ``norm`` and ``act``). The projection is a conv
+
+class ConvStem(PatchEmbed):
+    """A stem given as data: ``layers`` of (kernel, stride, channels[, padding, norm, act]) then a projection.
+
+    Each layer is a ``kernel x kernel`` conv with ``padding`` (unset: ``(kernel - 1) // 2``) and no bias, then
+    its ``norm`` and ``act`` (defaulting to the stem-wide ``norm`` and ``act``). The projection is a conv
     with ``proj_kernel`` and ``proj_stride`` (``None``: the stride still missing to reach
     ``patch_size``, i.e. kernel = stride as in a patchify stem) to ``embed_dim`` channels, with bias,
     optionally followed by ``proj_norm`` and ``proj_act`` (a patchify stem with BN+ReLU after it).
 
-    Invariants, checked at construction: the strides multiply to ``patch_size``, and ``img_size``
-    divides by ``patch_size``. Subclassing timm's ``PatchEmbed`` keeps its token grid bookkeeping and
-    output formats; only ``proj`` is replaced.
+    Invariants, checked at construction: the strides multiply to ``patch_size``, ``img_size`` divides by
+    ``patch_size``, and the convs (kernels, paddings) map ``img_size`` to ``img_size / patch_size`` tokens a
+    side. Subclassing timm's ``PatchEmbed`` keeps its token grid bookkeeping and output formats; only
+    ``proj`` is replaced.
     """
 
     def __init__(
@@ -95,9 +103,6 @@ class ConvStem(PatchEmbed):
             raise ValueError(
                 f"stem strides {strides} and proj_stride={proj_stride} multiply to {layer_stride * proj_stride}, "
                 f"not patch_size={patch_size}: change the strides or model.patch_size")
-        for size in (img_size,) if isinstance(img_size, int) else img_size:
-            if size is not None and size % patch_size:
-                raise ValueError(f"img_size={size} is not divisible by the stem's patch_size={patch_size}")
         if init not in INITS:
             raise ValueError(f"stem init={init!r} is not one of {INITS}")
         dd = dict(device=device, dtype=dtype)
@@ -107,10 +112,19 @@ class ConvStem(PatchEmbed):
         chs = in_chans
         for layer in layers:
             kernel = int(layer["kernel"])
+            padding = int(layer.get("padding", (kernel - 1) // 2))
             mods += conv_norm_act(chs, int(layer["channels"]), kernel, int(layer["stride"]), layer.get("norm", norm),
-                                  layer.get("act", act), bias=False, padding=(kernel - 1) // 2, **dd)
+                                  layer.get("act", act), bias=False, padding=padding, **dd)
             chs = int(layer["channels"])
         mods += conv_norm_act(chs, embed_dim, proj_kernel, proj_stride, proj_norm, proj_act, bias=bias, padding=0, **dd)
+        convs = [(m.kernel_size[0], m.stride[0], m.padding[0]) for m in mods if isinstance(m, nn.Conv2d)]
+        for size in (img_size,) if isinstance(img_size, int) else img_size:
+            if size is not None and size % patch_size:
+                raise ValueError(f"img_size={size} is not divisible by the stem's patch_size={patch_size}")
+            if size is not None and _side(size, convs) != size // patch_size:
+                raise ValueError(f"the stem's convs (kernel, stride, padding) {convs} map img_size={size} to "
+                                 f"{_side(size, convs)} tokens a side, not {size // patch_size}: change a layer's "
+                                 "padding or kernel, or proj_kernel")
         self.proj = mods[0] if len(mods) == 1 else nn.Sequential(*mods)
         self.init_weights()
 

@@ -2,6 +2,7 @@
 ``scheduler`` config groups."""
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import hydra
@@ -11,6 +12,8 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from vitstem.optim import param_groups
 from vitstem.optim.schedules import schedule
+
+log = logging.getLogger("vitstem")
 
 
 def scaled_lr(lr: float, ref_batch_size: int, global_batch_size: int) -> float:
@@ -34,22 +37,36 @@ def warmup_steps(scheduler: dict, steps_per_epoch: int) -> int:
     return round(warmup * steps_per_epoch) if unit == "epochs" else int(warmup)
 
 
+def _lengths(scheduler: dict, steps_per_epoch: int, epochs: int) -> tuple[int, int]:
+    """The warm-up and the whole run in the units the schedule steps in (``interval``: steps or epochs)."""
+    interval, unit = scheduler["interval"], scheduler["warmup_unit"]
+    if interval not in ("step", "epoch") or unit not in ("steps", "epochs"):
+        raise ValueError(f"scheduler.interval={interval!r} must be step|epoch, scheduler.warmup_unit={unit!r} steps|epochs")
+    if interval == "step":
+        return warmup_steps(scheduler, steps_per_epoch), steps_per_epoch * epochs
+    warmup = scheduler["warmup"]
+    return round(warmup if unit == "epochs" else warmup / steps_per_epoch), epochs
+
+
+def fit_warmup(scheduler: dict, steps_per_epoch: int, epochs: int) -> dict:
+    """``scheduler``, its warm-up cut to half the run (with a warning) when it would last the whole run or more."""
+    warmup, total = _lengths(scheduler, steps_per_epoch, epochs)
+    if warmup < total:
+        return scheduler
+    unit = scheduler["warmup_unit"]
+    half = epochs / 2 if unit == "epochs" else steps_per_epoch * epochs // 2
+    log.warning("scheduler.warmup=%s %s is not shorter than the run (%d %ss): warming up for %s %s instead (half the "
+                "run)", scheduler["warmup"], unit, total, scheduler["interval"], half, unit)
+    return {**scheduler, "warmup": half}
+
+
 def build_scheduler(optimizer: Optimizer, scheduler: dict, steps_per_epoch: int, epochs: int) -> dict[str, Any]:
     """A Lightning lr-scheduler dict: ``LambdaLR`` stepped every step, or once per epoch (pycls).
 
     With ``interval=epoch`` Lightning calls ``scheduler.step()`` at each epoch end, so epoch ``e`` trains at
     ``lr * lr_factor(e)`` with lengths counted in epochs (a warm-up given in steps is rounded to epochs).
     """
-    cfg = dict(scheduler)
-    interval, unit = cfg.pop("interval"), cfg.pop("warmup_unit")
-    if interval not in ("step", "epoch") or unit not in ("steps", "epochs"):
-        raise ValueError(f"scheduler.interval={interval!r} must be step|epoch, scheduler.warmup_unit={unit!r} steps|epochs")
-    warmup = cfg.pop("warmup")
-    if interval == "step":
-        total = steps_per_epoch * epochs
-        warmup = warmup_steps(scheduler, steps_per_epoch)
-    else:
-        total = epochs
-        warmup = round(warmup if unit == "epochs" else warmup / steps_per_epoch)
+    warmup, total = _lengths(scheduler, steps_per_epoch, epochs)
+    cfg = {k: v for k, v in scheduler.items() if k not in ("interval", "warmup_unit", "warmup")}
     cfg["milestones"] = tuple(cfg.get("milestones") or ())
-    return {"scheduler": LambdaLR(optimizer, schedule(total, warmup, **cfg)), "interval": interval}
+    return {"scheduler": LambdaLR(optimizer, schedule(total, warmup, **cfg)), "interval": scheduler["interval"]}
