@@ -238,7 +238,8 @@ def validate(cfg: DictConfig) -> None:
     files, the choices among named options); they too run before any compute.
     """
     keys = [k for k in Config.__annotations__ if k in cfg]
-    values = OmegaConf.to_container(OmegaConf.masked_copy(cfg, keys), resolve=True)
+    resolved = OmegaConf.to_container(cfg, resolve=True)  # whole: a value may interpolate any key (a study's)
+    values = {k: resolved[k] for k in keys}
     values = {k: v for k, v in values.items() if v != {} or k not in ("ema", "mixup")}
     try:
         SCHEMA.validate_python(values, strict=True)
