@@ -43,10 +43,12 @@ def test_error_metric():
 def test_interrupted_is_pending_and_unreadable_results_fail(sweep):
     (sweep / "0" / "results.json").write_text('{"status": "interrupted", "overrides": ["model=vit_p_32"]}')
     (sweep / "2" / "results.json").write_text('{"status": "finis')
+    (sweep / "4" / "results.json").write_text('["not", "a", "record"]')
     rows = {r["job"]: r for r in collect(sweep)["rows"]}
     assert (rows["0"]["status"], rows["0"]["state"]) == ("interrupted", "pending")
     assert rows["2"]["state"] == "failed" and rows["2"]["message"].startswith("unreadable results.json")
     assert rows["2"]["model"] == "vit_p_32"                     # overrides from .hydra/overrides.yaml
+    assert rows["4"]["state"] == "failed" and "not a JSON object" in rows["4"]["message"]
 
 
 def test_find_jobs_skips_the_analysis_folder_and_sorts_naturally(sweep):
@@ -80,6 +82,9 @@ def test_curve_is_validation_error_per_epoch(sweep):
     assert read_curve(sweep / "0") == [(1, 35.0), (2, 29.0), (3, 25.0)]
     assert read_curve(sweep / "1") == [(1, 30.0), (2, 24.0), (3, 20.0)]    # the EMA's, as the error
     assert read_curve(sweep / "11") == [] and read_curve(None) == []
+    with (sweep / "0" / "metrics.csv").open("a") as f:
+        f.write("3,3")                                          # a row being written by a running job
+    assert read_curve(sweep / "0") == [(1, 35.0), (2, 29.0), (3, 25.0)]
 
 
 def test_default_groups_are_the_varying_keys_that_were_not_sampled(sweep):

@@ -121,12 +121,17 @@ def read_job(sweep_dir: Path, job_dir: Path) -> dict:
     if path.is_file():
         try:
             results = json.loads(path.read_text())
+            if not isinstance(results, dict):
+                raise ValueError("not a JSON object")
             overrides = results.get("overrides") or []
         except (OSError, ValueError) as e:
-            message = f"unreadable results.json: {e}"
+            results, message = None, f"unreadable results.json: {e}"
     hydra_overrides = job_dir / ".hydra" / "overrides.yaml"
     if not overrides and hydra_overrides.is_file():
-        overrides = _read_yaml_list(hydra_overrides)
+        try:
+            overrides = _read_yaml_list(hydra_overrides)
+        except Exception:  # half-written by a job starting now: its settings are unknown for the moment
+            overrides = []
     return row(name, results, overrides, [], message, job_dir)
 
 
@@ -200,5 +205,10 @@ def read_curve(job_dir: Path | None) -> list[tuple[int, float]]:
     with path.open(newline="") as f:
         rows = list(csv.DictReader(f))
     column = "val_ema/acc1" if any(r.get("val_ema/acc1") for r in rows) else "val/acc1"
-    points = {int(float(r["epoch"])) + 1: 100.0 - float(r[column]) for r in rows if r.get(column) and r.get("epoch")}
+    points = {}
+    for r in rows:  # training rows have no accuracy; a job still running may have half-written its last row
+        try:
+            points[int(float(r["epoch"])) + 1] = 100.0 - float(r[column])
+        except (KeyError, TypeError, ValueError):
+            continue
     return sorted(points.items())
