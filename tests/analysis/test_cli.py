@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -97,4 +98,9 @@ def test_wandb_offline_writes_a_run_folder(sweep, capsys, monkeypatch):
     main([str(sweep), "--wandb", "--project", "vitstem-test"])
     runs = list((sweep / "analysis" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and any(runs[0].glob("*.wandb"))
+    media = runs[0] / "files" / "media"
+    assert sorted(p.name.split("_0_")[0] for p in (media / "table").iterdir()) == ["runs", "summary"]
+    assert sorted(p.name.split("_0_")[0] for p in (media / "images").iterdir()) == sorted(f[:-4] for f in FIGURES)
+    table = json.loads(next((media / "table").glob("summary_*")).read_text())
+    assert table["data"][0][:3] == ["model=vit_c_32", 7, 5]
     assert f"wandb run: {runs[0]}" in capsys.readouterr().out
