@@ -1,0 +1,1 @@
+"""Turning a sweep folder into tables, error EDFs, plots and a report."""

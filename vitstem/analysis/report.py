@@ -1,0 +1,110 @@
+"""The sweep's outputs: ``runs.csv`` and ``summary.csv``, the text printed to stdout, the self-contained
+``report.html`` (figures inlined as base64 PNG) and, on request, one wandb run with the same tables and figures."""
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import os
+from pathlib import Path
+
+from vitstem.analysis.edf import WITHIN
+
+RUN_COLUMNS = ("job", "status", "group", "error", "lr", "lr_scaled", "weight_decay", "model", "stem", "attention",
+               "alpha", "optimizer", "sample", "epochs", "best_acc1", "final_acc1", "best_ema_acc1", "wall_time_s",
+               "message")
+SUMMARY_COLUMNS = ("group", "jobs", "done", "diverged", "failed", "pending", "best", "median",
+                   *(f"within_{k}" for k in WITHIN))
+
+
+def table(rows: list[dict], columns: tuple[str, ...]) -> list[list]:
+    return [[r.get(c) for c in columns] for r in rows]
+
+
+def write_csv(path: Path, rows: list[dict], columns: tuple[str, ...]) -> None:
+    with path.open("w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(columns)
+        out.writerows([["" if v is None else v for v in line] for line in table(rows, columns)])
+
+
+def fmt(value, percent: bool = False) -> str:
+    if value is None:
+        return "-"
+    if percent:
+        return f"{100 * value:.0f}%"
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.0f}"
+    return str(value)
+
+
+def headline(sweep: dict) -> str:
+    """``name: N of M done``: M is the number of jobs planned (``multirun.yaml``), else the number found."""
+    done = sum(r["state"] in ("done", "diverged") for r in sweep["rows"])
+    return f"{sweep['name']}: {done} of {len(sweep['rows'])} done"
+
+
+def details(sweep: dict, keys: list[str]) -> str:
+    rows = sweep["rows"]
+    counts = ", ".join(f"{sum(r['state'] == s for r in rows)} {s}" for s in ("diverged", "failed", "pending"))
+    plan = ("number planned unknown (no readable multirun.yaml)" if sweep["planned"] is None
+            else f"{sweep['planned']} planned")
+    return f"{sweep['found']} job folders, {plan}; {counts}; grouped by {', '.join(keys) or 'nothing (one group)'}"
+
+
+def text_table(summary: list[dict]) -> str:
+    """The summary as aligned text: best and median error, share of done jobs within 1/2/4 points of the best."""
+    head = ["group", "jobs", "done", "diverged", "failed", "pending", "best", "median", *(f"<={k}" for k in WITHIN)]
+    body = [[s["group"], *(str(s[c]) for c in SUMMARY_COLUMNS[1:6]), fmt(s["best"]), fmt(s["median"]),
+             *(fmt(s[f"within_{k}"], percent=True) for k in WITHIN)] for s in summary]
+    widths = [max(len(line[i]) for line in [head, *body]) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
+                     for line in [head, *body])
+
+
+def _html_table(rows: list[dict], columns: tuple[str, ...], percent: tuple[str, ...] = ()) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(fmt(r.get(c), c in percent))}</td>" for c in columns) + "</tr>"
+                   for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+STYLE = ("body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse;font-size:13px}"
+         "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}td:first-child,th:first-child{text-align:left}"
+         "img{max-width:100%}")
+
+
+def html_report(sweep: dict, keys: list[str], summary: list[dict], images: dict[str, Path]) -> str:
+    """One self-contained page: headline, summary table, every figure, the runs table."""
+    figures = "".join(f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='data:image/png;base64,"
+                      f"{base64.b64encode(path.read_bytes()).decode()}'>" for title, path in images.items())
+    percent = tuple(f"within_{k}" for k in WITHIN)
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(sweep['name'])}: sweep analysis"
+            f"</title><style>{STYLE}</style></head><body><h1>{html.escape(headline(sweep))}</h1>"
+            f"<p>{html.escape(details(sweep, keys))}. Error: best EMA top-1 error with an EMA, else best top-1 "
+            "error, in percent; a diverged job counts as 100. <i>within k</i>: share of done jobs within k points of "
+            f"the group's best.</p><h2>Summary</h2>{_html_table(summary, SUMMARY_COLUMNS, percent)}{figures}"
+            f"<h2>Runs</h2>{_html_table(sweep['rows'], RUN_COLUMNS)}</body></html>\n")
+
+
+def log_wandb(out_dir: Path, sweep: dict, summary: list[dict], images: dict[str, Path], project: str) -> Path:
+    """Log the tables (``wandb.Table``) and figures (``wandb.Image``) as one run, ``job_type="analysis"``,
+    grouped by the sweep's name; offline under ``out_dir/wandb/`` when no API key is set. Returns the run's
+    folder."""
+    import wandb
+
+    from vitstem.loggers import wandb_api_key_present
+
+    offline = os.environ.get("WANDB_MODE") == "offline" or not wandb_api_key_present()
+    run = wandb.init(project=project, group=sweep["name"], job_type="analysis", name=f"{sweep['name']}-analysis",
+                     dir=str(out_dir), mode="offline" if offline else None,
+                     config={"sweep": sweep["name"], "jobs": len(sweep["rows"]), "found": sweep["found"]})
+    try:
+        run.log({"summary": wandb.Table(columns=list(SUMMARY_COLUMNS), data=table(summary, SUMMARY_COLUMNS),
+                                        allow_mixed_types=True),
+                 "runs": wandb.Table(columns=list(RUN_COLUMNS), data=table(sweep["rows"], RUN_COLUMNS),
+                                     allow_mixed_types=True),
+                 **{path.stem: wandb.Image(str(path)) for path in images.values()}})
+        return Path(run.dir).parent
+    finally:
+        run.finish()
