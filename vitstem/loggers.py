@@ -5,8 +5,11 @@ from __future__ import annotations
 import csv
 import netrc
 import os
+import socket
 import uuid
+import warnings
 from pathlib import Path
+from urllib.parse import urlparse
 
 from lightning.pytorch.loggers import CSVLogger as _CSVLogger
 from lightning.pytorch.loggers import WandbLogger
@@ -68,12 +71,45 @@ def wandb_run_id(save_dir: str) -> str:
     return run_id
 
 
-def wandb_logger(offline: bool | None = None, save_dir: str = ".", **kwargs) -> WandbLogger:
-    """Lightning's ``WandbLogger``; ``offline=None`` means offline exactly when no API key is set. The run id
-    is the run folder's (:func:`wandb_run_id`), with ``resume="allow"``: a resumed run continues its chart."""
+def wandb_reachable(timeout: float = 5.0) -> str | None:
+    """None if the wandb server answers and accepts the API key within ``timeout`` seconds, else why not.
+
+    Without this check an unreachable server stalls ``wandb.init`` for its 90 s timeout and then fails the
+    run with ``CommError`` before its first step; a bad key fails it too.
+    """
+    base = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+    url = urlparse(base if "://" in base else "https://" + base)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
+    except OSError as e:
+        return f"cannot reach {base} ({e})"
+    try:
+        import wandb
+
+        if not wandb.login(verify=True, timeout=int(timeout), relogin=False):
+            return "the API key was not accepted"
+    except Exception as e:  # noqa: BLE001  (wandb raises several types for a bad key or a slow server)
+        return f"login failed ({type(e).__name__}: {e})"
+    return None
+
+
+def wandb_logger(offline: bool | None = None, save_dir: str = ".", choices: dict | None = None,
+                 tags: list | None = None, **kwargs) -> WandbLogger:
+    """Lightning's ``WandbLogger``; ``offline=None`` means offline exactly when no API key is set, or when the
+    server cannot be reached or refuses the key (one warning, within seconds). The run id is the run
+    folder's (:func:`wandb_run_id`), with ``resume="allow"``: a resumed run continues its chart. ``choices``
+    (stem, attention, optimizer, ...) become tags ``key=value`` beside ``tags``."""
     if offline is None:
         offline = os.environ.get("WANDB_MODE") == "offline" or not wandb_api_key_present()
-    return WandbLogger(offline=offline, save_dir=save_dir, id=wandb_run_id(save_dir), resume="allow", **kwargs)
+        if not offline:
+            problem = wandb_reachable()
+            if problem:
+                warnings.warn(f"wandb: {problem}; logging offline to {save_dir}/wandb (upload later with "
+                              "`wandb sync`)", stacklevel=2)
+                offline = True
+    tags = list(tags or []) + [f"{k}={v}" for k, v in (choices or {}).items() if v is not None]
+    return WandbLogger(offline=offline, save_dir=save_dir, id=wandb_run_id(save_dir), resume="allow", tags=tags,
+                       **kwargs)
 
 
 def finish_wandb(failed: bool) -> None:

@@ -40,7 +40,6 @@ from vitstem.results import hparams, make_results, write_results
 from vitstem.runs import folder
 from vitstem.runs.checkpoint import RunCheckpoint
 from vitstem.scale import ddp
-from vitstem.sweeps import resolvers  # noqa: F401  (registers the study configs' resolvers)
 from vitstem.summary import print_summary
 
 log = logging.getLogger("vitstem")

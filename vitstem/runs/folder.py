@@ -1,7 +1,7 @@
 """What to do with a run folder before anything is written to it: train, resume, skip, or refuse.
 
-Run folders are named by the command, not the clock: ``runs/<name>/<overrides>/`` (a multirun job:
-``multirun/<name>/<job overrides>/``), so running the same command again finds the same folder:
+Run folders are named by the command, not the clock (:mod:`vitstem.resolvers`): ``runs/<name>/<overrides>/``,
+a multirun job ``multirun/<name>/<job number>/``; so running the same command again finds the same folder:
 
 - it holds ``results.json`` with status ``finished`` or ``diverged``: the run is done and is not
   retrained (``retrain=true`` trains again into a fresh sibling folder, ``<folder>-retrain<k>``);
@@ -11,7 +11,6 @@ Run folders are named by the command, not the clock: ``runs/<name>/<overrides>/`
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,19 +24,6 @@ DONE = ("finished", "diverged")
 # Settings that do not change what a run computes (callbacks observe and checkpoint); a folder may be resumed
 # with other values of these.
 VOLATILE = ("run_dir", "ckpt_path", "retrain", "tags", "logger", "callbacks", "trainer.enable_progress_bar")
-MAX_DIRNAME = 120
-
-
-def dirname(overrides: str) -> str:
-    """A folder name for Hydra's ``override_dirname``: ``base`` when empty, ``/`` made ``.``, long ones hashed."""
-    name = overrides.replace("/", ".") or "base"
-    if len(name) > MAX_DIRNAME:
-        name = name[:MAX_DIRNAME - 9] + "-" + hashlib.sha1(name.encode()).hexdigest()[:8]
-    return name
-
-
-if not OmegaConf.has_resolver("vitstem_dirname"):
-    OmegaConf.register_new_resolver("vitstem_dirname", dirname)
 
 
 @dataclass

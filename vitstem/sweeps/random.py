@@ -33,7 +33,7 @@ from hydra.core.utils import JobStatus
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
-from vitstem.sweeps import resolvers  # noqa: F401  (the study configs' resolvers)
+import vitstem.resolvers  # noqa: F401  (the study configs' resolvers)
 
 log = logging.getLogger("vitstem")
 

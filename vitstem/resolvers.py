@@ -1,0 +1,39 @@
+"""The resolvers vitstem's configs use, registered with OmegaConf on import (``import vitstem`` does it)."""
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+MAX_DIRNAME = 120
+
+
+def dirname(overrides: str) -> str:
+    """A folder name for Hydra's ``override_dirname``: ``base`` when empty, ``/`` made ``.``, long ones hashed."""
+    name = overrides.replace("/", ".") or "base"
+    if len(name) > MAX_DIRNAME:
+        name = name[:MAX_DIRNAME - 9] + "-" + hashlib.sha1(name.encode()).hexdigest()[:8]
+    return name
+
+
+def basename(path) -> str:
+    """The last part of a path: a run's wandb name is ``<name>-<run folder>``."""
+    return Path(str(path)).name
+
+
+def loguniform(u: float, bounds) -> float:
+    """``u`` in [0, 1) mapped log-uniformly onto ``bounds = [low, high]``: the config resolver
+    ``${vitstem_loguniform:u,[low,high]}``, for a study whose interval depends on another choice (Xiao's lr
+    and wd intervals differ per optimizer: the sweeper samples ``u``, the config picks the interval)."""
+    low, high = float(bounds[0]), float(bounds[1])
+    if not 0 < low < high:
+        raise ValueError(f"vitstem_loguniform: bounds {list(bounds)} must satisfy 0 < low < high")
+    return math.exp(math.log(low) + float(u) * (math.log(high) - math.log(low)))
+
+
+
+for _name, _fn in (("vitstem_dirname", dirname), ("vitstem_basename", basename), ("vitstem_loguniform", loguniform)):
+    if not OmegaConf.has_resolver(_name):
+        OmegaConf.register_new_resolver(_name, _fn)
