@@ -3,6 +3,7 @@
     vitstem-train                                     # the default: a small ViT on synthetic data, CPU
     vitstem-train model=vit_c_32 optimizer=sgd optimizer.lr=0.1
     vitstem-train experiment=xiao_c_4gf              # a paper's recipe (conf/experiment/)
+    vitstem-train -m hydra/launcher=slurm seed=0,1   # every job of a multirun a SLURM job (vitstem.scale.slurm)
     vitstem-train --help | --cfg job                  # options | the composed config
 
 Every run writes one directory (``run_dir``): ``config.yaml`` (resolved), ``metrics.csv``,
@@ -32,6 +33,7 @@ from vitstem.models.complexity import count_params
 from vitstem.module import Classifier
 from vitstem.paths import CONF_DIR
 from vitstem.results import make_results, write_results
+from vitstem.scale import slurm
 from vitstem.summary import print_summary
 
 log = logging.getLogger("vitstem")
@@ -52,8 +54,9 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, Classifier, L.Trainer
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     # a data module that samples itself (repeated augmentation) must not be re-wrapped by Lightning under DDP
     own_sampler = {"use_distributed_sampler": False} if getattr(datamodule, "builds_sampler", False) else {}
+    plugins = slurm.lightning_plugins()  # under submitit: its processes, and Lightning's SLURM requeue off
     trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers, callbacks=callbacks, default_root_dir=cfg.run_dir,
-                                      **own_sampler)
+                                      **own_sampler, **({"plugins": plugins} if plugins else {}))
     return datamodule, module, trainer
 
 
@@ -78,8 +81,12 @@ def run(cfg: DictConfig) -> dict:
         log.info("run dir %s | model %s (%.2f M params) | global batch %d = %d per device x %d devices x %d "
                  "accumulated", run_dir, cfg.model.name, count_params(module.model) / 1e6, global_batch,
                  datamodule.batch_size, trainer.world_size, trainer.accumulate_grad_batches)
+        slurm.stop_for_requeue(trainer)  # under submitit: its time-limit / preemption signal ends training early
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
         status = "diverged" if module.diverged_at_step is not None else "finished"
+        if slurm.requeue_pending() and trainer.global_step < trainer.estimated_stepping_batches:
+            status, error = "failed", (f"stopped at step {trainer.global_step} for a time limit or preemption; "
+                                       "submitit requeues the job")
     except BaseException as e:
         error = f"{type(e).__name__}: {e}"
         raise
@@ -109,11 +116,18 @@ def collect(cfg, module: Classifier | None, trainer: L.Trainer | None, status: s
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
-def main(cfg: DictConfig) -> None:
+def _main(cfg: DictConfig) -> None:
     try:
-        run(cfg)
+        results = run(cfg)
     except ConfigError as e:
         sys.exit(f"vitstem-train: configuration error: {e}")
+    if results["status"] == "failed":  # stopped early for submitit's requeue signal: hand the job back to it
+        slurm.requeue_if_signalled()
+
+
+def main() -> None:
+    slurm.require_launcher_plugin(sys.argv[1:])  # one line with the install command, not Hydra's search path
+    _main()
 
 
 if __name__ == "__main__":
