@@ -13,6 +13,7 @@ from pathlib import Path
 import hydra
 import lightning as L
 import pytest
+import torch
 
 from tests.helpers import TINY, compose_config, train
 from vitstem.scale import slurm
@@ -114,6 +115,41 @@ def test_requeue_signal_stops_first_and_requeues_after_the_run(monkeypatch):
         assert calls == ["save_and_stop", ("submitit requeue", signal.SIGUSR2)]
     finally:
         signal.signal(signal.SIGUSR2, previous)
+
+
+class SignalAt(L.Callback):
+    """Sends this process submitit's SIGUSR2 after training step ``step``."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGUSR2)
+
+
+def test_requeue_comes_after_the_checkpoint_of_the_stopped_step(tmp_path, monkeypatch):
+    """vitstem-train's order under submitit: signal at step 3 of 10, stop, last.ckpt, results.json, requeue."""
+    for k, v in {"SUBMITIT_EXECUTOR": "local", "SUBMITIT_LOCAL_JOB_ID": "4242"}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(slurm, "_requeue", {})
+    seen = []
+
+    def submitit_requeue(sig, frame):  # what it finds on disk when it is called
+        ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+        seen.append((sig, ckpt["global_step"], json.loads((tmp_path / "results.json").read_text())["status"]))
+
+    previous = signal.signal(signal.SIGUSR2, submitit_requeue)
+    try:
+        results = train(TINY + ["trainer.limit_train_batches=10", "+callbacks.signal.step=3",
+                                "+callbacks.signal._target_=tests.scale.test_slurm.SignalAt"], tmp_path)
+        assert seen == []  # the signal only stopped training
+        slurm.requeue_if_signalled()
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert results["status"] == "failed" and results["steps"] == 3  # it stopped after the batch under way
+    assert results["error"] == "stopped at step 3 for a time limit or preemption; submitit requeues the job"
+    assert seen == [(signal.SIGUSR2, 3, "failed")]
 
 
 def test_no_plugins_and_no_handler_outside_submitit(monkeypatch):
