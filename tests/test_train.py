@@ -73,7 +73,7 @@ def group_options():
 
 def parent_choice(group: str) -> list[str]:
     """For a nested group (``data/augment``), a parent option whose defaults list includes it."""
-    if "/" not in group:
+    if "/" not in group or group.startswith("hydra/"):  # Hydra's own groups (hydra/launcher) need no parent
         return []
     parent, child = group.rsplit("/", 1)
     for option in sorted((CONF_DIR / parent).glob("*.yaml")):

@@ -3,6 +3,7 @@
     vitstem-train                                     # the default: a small ViT on synthetic data, CPU
     vitstem-train model=vit_c_32 optimizer=sgd optimizer.lr=0.1
     vitstem-train experiment=xiao_c_4gf              # a paper's recipe (conf/experiment/)
+    vitstem-train -m hydra/launcher=slurm seed=0,1   # every job of a multirun a SLURM job (vitstem.scale.slurm)
     vitstem-train --help | --cfg job                  # options | the composed config
 
 Every run writes one directory (``run_dir``): ``config.yaml`` (resolved), ``metrics.csv``,
@@ -39,7 +40,7 @@ from vitstem.paths import CONF_DIR
 from vitstem.results import hparams, make_results, write_results
 from vitstem.runs import folder
 from vitstem.runs.checkpoint import RunCheckpoint
-from vitstem.scale import ddp
+from vitstem.scale import ddp, slurm
 from vitstem.summary import print_summary
 
 log = logging.getLogger("vitstem")
@@ -58,7 +59,13 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, Classifier, L.Trainer
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None]
     if not cfg.trainer.get("enable_progress_bar", True):  # one switch turns any progress bar off
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-    trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers, callbacks=callbacks, default_root_dir=cfg.run_dir)
+    plugins = slurm.lightning_plugins()  # under submitit: its processes, and Lightning's SLURM requeue off
+    trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers, callbacks=callbacks, default_root_dir=cfg.run_dir,
+                                      **({"plugins": plugins} if plugins else {}))
+    checkpointer = _checkpointer(trainer)
+    if checkpointer is not None:  # submitit's requeue handler runs after the checkpoint, not inside the step
+        checkpointer.signals = (*checkpointer.signals, *slurm.requeue_signals())
+        checkpointer.defer = slurm.defer_requeue
     if cfg.ckpt_path:  # continue metrics.csv: keep the rows logged before the checkpoint's step
         step = load_checkpoint(cfg.ckpt_path)["global_step"]
         for logger in loggers:
@@ -167,7 +174,7 @@ def collect(cfg, module: Classifier | None, trainer: L.Trainer | None, status: s
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
-def main(cfg: DictConfig) -> None:
+def _main(cfg: DictConfig) -> None:
     try:
         run(cfg)
     except ConfigError as e:
@@ -175,7 +182,13 @@ def main(cfg: DictConfig) -> None:
             raise  # the sweeper records this job as failed and goes on to the next
         sys.exit(f"vitstem-train: configuration error: {e}")
     except Interrupted as e:
+        slurm.requeue_if_signalled()  # under submitit, after a time-limit / preemption signal: requeue (rank 0)
         sys.exit(f"vitstem-train: interrupted: {e}")
+
+
+def main() -> None:
+    slurm.require_launcher_plugin(sys.argv[1:])  # one line with the install command, not Hydra's search path
+    _main()
 
 
 if __name__ == "__main__":

@@ -63,6 +63,8 @@ class RunCheckpoint(L.Callback):
         self.signals = tuple(signals)
         self.sync_every = sync_every  # under DDP the ranks agree on a signal every this many steps
         self.interrupted: str | None = None  # the signal that stopped the run
+        # given (signum, the handler replaced), True to keep that handler for later (vitstem.scale.slurm)
+        self.defer = None
         self._received: str | None = None
         self._previous: dict[int, object] = {}
         self._rng: dict | None = None
@@ -80,7 +82,9 @@ class RunCheckpoint(L.Callback):
             log.warning("Ctrl-C: writing a checkpoint after this step, then stopping (press again to stop at once)")
         self._received = name
         previous = self._previous.get(signum)
-        if callable(previous) and previous is not signal.default_int_handler:  # chain: submitit's handler, ...
+        if self.defer is not None and self.defer(signum, previous):  # e.g. submitit's requeue: after the save
+            return
+        if callable(previous) and previous is not signal.default_int_handler:  # chain: whatever was there
             previous(signum, frame)
 
     def setup(self, trainer, pl_module, stage: str) -> None:
@@ -99,12 +103,17 @@ class RunCheckpoint(L.Callback):
         if getattr(trainer, "received_sigterm", False):  # Lightning's own SIGTERM flag: handled here instead,
             received = received or "SIGTERM"            # so that it stops after this checkpoint, not before it
             trainer._signal_connector.received_sigterm = False
-        if trainer.world_size > 1:
-            if trainer.global_step % self.sync_every:
-                return None
-            if trainer.strategy.reduce_boolean_decision(received is not None, all=False):
-                return received or "signal on another rank"
+        if trainer.world_size == 1:
+            return received
+        if trainer.global_step % self.sync_every:
             return None
+        # the ranks agree on the signal (the highest number any rank received), so all stop at this step
+        mine = torch.tensor(getattr(signal, received) if received else 0, device=trainer.strategy.root_device)
+        signum = int(trainer.strategy.reduce(mine, reduce_op="max"))
+        if signum and not received:  # another rank got it: act as if this one had (e.g. keep submitit's handler)
+            self._received = received = signal.Signals(signum).name
+            if self.defer is not None:
+                self.defer(signum, self._previous.get(signum))
         return received
 
     # saving ------------------------------------------------------------------------------------------
