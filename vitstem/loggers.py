@@ -11,6 +11,7 @@ import warnings
 from pathlib import Path
 from urllib.parse import urlparse
 
+from lightning.fabric.loggers.csv_logs import _ExperimentWriter
 from lightning.pytorch.loggers import CSVLogger as _CSVLogger
 from lightning.pytorch.loggers import WandbLogger
 
@@ -38,8 +39,8 @@ class CSVLogger(_CSVLogger):
     @property
     def experiment(self):
         first = self._experiment is None
-        writer = super().experiment
-        if first and self._kept is not None:
+        writer = super().experiment  # on other ranks than 0, Lightning's dummy: nothing to restore there
+        if first and self._kept is not None and isinstance(writer, _ExperimentWriter):
             keys, rows = self._kept
             with open(writer.metrics_file_path, "w", newline="") as f:
                 out = csv.DictWriter(f, fieldnames=keys)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 
 def _fmt(value) -> str:
@@ -20,5 +21,5 @@ def print_summary(results: dict) -> None:
                 "final_train_loss", "epochs", "steps", "global_batch_size", "train_images_per_s", "wall_time_s",
                 "diverged_at_step", "error", "run_dir"):
         if key in results and (results[key] is not None or key in ("final_val_acc1",)):
-            table.add_row(key, _fmt(results[key]))
+            table.add_row(key, Text(_fmt(results[key])))  # as text: an error message may contain [brackets]
     Console().print(table)
