@@ -238,8 +238,8 @@ def validate(cfg: DictConfig) -> None:
     files, the choices among named options); they too run before any compute.
     """
     keys = [k for k in Config.__annotations__ if k in cfg]
-    resolved = OmegaConf.to_container(cfg, resolve=True)  # whole: a value may interpolate any key (a study's)
-    values = {k: resolved[k] for k in keys}
+    # each node in place (not a masked copy): a value may interpolate any key of the config (a study's)
+    values = {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k] for k in keys}
     values = {k: v for k, v in values.items() if v != {} or k not in ("ema", "mixup")}
     try:
         SCHEMA.validate_python(values, strict=True)
