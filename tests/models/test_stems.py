@@ -1,10 +1,12 @@
 """Stems: the presets' exact layers, their invariants, and their initialisation."""
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 from torch import nn
 
+from vitstem.models.complexity import stem_cost
 from vitstem.models.stems import ConvStem
 from vitstem.models.zoo import STEM_NAMES, stem_config
 
@@ -28,6 +30,25 @@ def test_xiao_stems_have_the_papers_layers(size, channels, strides, width):
     kinds = [type(m) for m in stem.proj]
     assert kinds[:3] == [nn.Conv2d, nn.BatchNorm2d, nn.ReLU] and kinds[-1] is nn.Conv2d
     assert stem(torch.randn(1, 3, 224, 224)).shape == (1, 196, width)
+
+
+# Xiao et al. 2021 Table 3 (papers.md): kernels, strides, padding, channels (the final 1x1 to 384 implied), stem MF.
+# S1's printed channels give 389 M MACs, not its printed 422 (papers.md: the table is inconsistent there).
+@pytest.mark.parametrize("name,kernels,strides,padding,channels,mmacs", [
+    ("conv_xiao_4gf_s1", [3, 3, 3, 2], [2, 2, 2, 2], [1, 1, 1, 0], [42, 104, 208, 416], 389),
+    ("conv_xiao_4gf_s2", [3, 3, 3, 4], [2, 2, 1, 4], [1, 1, 1, 0], [32, 64, 128, 256], 422),
+    ("conv_xiao_4gf_s3", [3, 3, 3, 8], [2, 1, 1, 8], [1, 1, 1, 0], [17, 34, 68, 136], 458),
+    ("conv_xiao_4gf_s4", [3, 3, 3, 16], [1, 1, 1, 16], [1, 1, 1, 0], [8, 16, 32, 64], 407),
+])
+def test_xiao_table3_stems_have_the_papers_layers(name, kernels, strides, padding, channels, mmacs):
+    stem = ConvStem(224, 16, 3, 384, **stem_config(name))
+    *body, last = convs(stem)
+    assert [c.kernel_size[0] for c in body] == kernels and [c.stride[0] for c in body] == strides
+    assert [c.padding[0] for c in body] == padding and [c.out_channels for c in body] == channels
+    assert all(c.bias is None for c in body) and (last.kernel_size, last.out_channels) == ((1, 1), 384)
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in stem.proj) == sum(isinstance(m, nn.ReLU) for m in stem.proj) == 4
+    assert stem(torch.randn(1, 3, 224, 224)).shape == (1, 196, 384)
+    assert round(stem_cost(SimpleNamespace(patch_embed=stem), 224)[0] / 1e6) == mmacs
 
 
 def test_scaled_relu_stem_and_its_ablations():
@@ -59,7 +80,7 @@ def test_patchify_stems():
 
 @pytest.mark.parametrize("name", STEM_NAMES)
 def test_every_stem_preset_builds(name):
-    patch = 4 if name == "conv_small" else 16  # the 32 px stem has total stride 4
+    patch = 4 if name.startswith("conv_small") else 16  # the 32 px stems have total stride 4
     assert ConvStem(4 * patch, patch, 3, 96, **stem_config(name))(torch.randn(1, 3, 4 * patch, 4 * patch)).shape \
         == (1, 16, 96)
 
