@@ -120,17 +120,6 @@ def test_help_and_cfg_job(tmp_path):
     assert not list(tmp_path.rglob("results.json"))  # --cfg prints and runs nothing
 
 
-def test_ddp_on_two_cpu_processes(tmp_path):
-    """Real DDP (gloo, 2 processes): the global batch doubles and only rank 0 writes results."""
-    proc = run_cli(*TINY, "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp",
-                   f"hydra.run.dir={tmp_path}", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    results = json.loads((tmp_path / "results.json").read_text())
-    assert results["status"] == "finished" and results["steps"] == 2
-    assert results["global_batch_size"] == 2 * 8
-    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
-
-
 def test_component_checks_also_fail_before_training(tmp_path):
     """Checks owned by a component (the synthetic set's smallest image) stop the run before step 0, naming the key."""
     from vitstem.config import ConfigError
