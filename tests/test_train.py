@@ -46,6 +46,8 @@ def test_divergence_is_detected_and_recorded(tmp_path):
     results = train(TINY + ["optimizer.lr=1e30", "trainer.limit_train_batches=6"], tmp_path)
     assert results["status"] == "diverged"
     assert results["diverged_at_step"] is not None and results["steps"] <= 6
+    assert results["final_val_acc1"] is None and results["final_val_err1"] is None  # no result from blown-up weights
+    assert not (tmp_path / "checkpoints" / "last.ckpt").exists()  # nor a checkpoint of them
 
 
 def test_wandb_offline_writes_its_run_files(tmp_path, monkeypatch):

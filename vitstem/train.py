@@ -159,6 +159,8 @@ def _checkpointer(trainer: L.Trainer | None) -> RunCheckpoint | None:
 def collect(cfg, module: Classifier | None, trainer: L.Trainer | None, status: str, error: str | None,
             wall: float, global_batch: int | None) -> dict:
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()} if trainer else {}
+    if status == "diverged":  # validation of blown-up weights is not a result (best_* stay: measured before)
+        metrics = {k: v for k, v in metrics.items() if not k.startswith(("val/", "val_ema/"))}
     throughput = next((c for c in trainer.callbacks if isinstance(c, Throughput)), None) if trainer else None
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     choices = dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {}
