@@ -75,3 +75,17 @@ def test_under_ddp_the_data_module_shards_train_and_val_itself(cifar_root, datam
     assert (train_sampler.base.num_replicas, train_sampler.base.rank, len(train_sampler)) == (2, 1, 10)
     assert isinstance(val_sampler, DistributedSampler) and (val_sampler.num_replicas, val_sampler.rank) == (2, 1)
     assert len(list(val_sampler)) == 4
+
+
+def test_posterize_keeps_zero_bits_as_tf_does_instead_of_crashing():
+    """timm's AutoAugment can ask Pillow 13 for 0 bits (it raises): vitstem's op gives TF's black image."""
+    import numpy as np
+    from PIL import Image
+    from timm.data.auto_augment import NAME_TO_OP, auto_augment_transform
+
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8))
+    assert np.asarray(NAME_TO_OP["Posterize"](img, 0)).max() == 0
+    assert (np.asarray(NAME_TO_OP["PosterizeIncreasing"](img, 4)) == np.asarray(img) & 0xF0).all()
+    policy = auto_augment_transform("v0", {"translate_const": 6, "img_mean": (124, 116, 104)})
+    for _ in range(400):  # ~3% of calls hit 0 bits: this crashed without the fix
+        policy(img)

@@ -17,13 +17,32 @@ The random crop itself is the data set's (``data.padding`` for CIFAR, ``data.sca
 """
 from __future__ import annotations
 
-from timm.data import create_transform
+from PIL import ImageOps
+from timm.data import auto_augment, create_transform
 from timm.data.distributed_sampler import RepeatAugSampler
 from torch.utils.data import Sampler
 from torchvision import transforms as T
 
 from vitstem.config import ConfigError
 from vitstem.data.base import ImageDataModule
+
+
+def posterize(img, bits_to_keep, **__):
+    """timm's posterize, also for 0 bits (TF's "keep 0 MSB": a black image), which Pillow 13 refuses.
+
+    timm 1.0's AutoAugment/RandAugment levels map to 0-8 bits; Pillow >= 13 raises for 0, so about 3% of
+    AutoAugment ``v0`` calls crashed a run. Registered in timm's op table below, before any policy is built.
+    """
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:
+        return img.point(lambda _: 0)
+    return ImageOps.posterize(img, bits_to_keep)
+
+
+for _name, _op in list(auto_augment.NAME_TO_OP.items()):
+    if _op is auto_augment.posterize:
+        auto_augment.NAME_TO_OP[_name] = posterize
 
 
 def train_transform(img_size: int, augment: dict, primary: list | None = None, **kwargs) -> T.Compose:
