@@ -37,8 +37,9 @@ def load_checkpoint(path: str | Path) -> dict:
     return checkpoint
 
 
-def check_resumable(path: str | Path) -> None:
-    """Refuse a ``ckpt_path`` that vitstem-train did not write (a timm state_dict, another project's checkpoint)."""
+def check_resumable(path: str | Path) -> int:
+    """Refuse a ``ckpt_path`` that vitstem-train did not write (a timm state_dict, another project's checkpoint);
+    return its ``global_step``."""
     checkpoint = load_checkpoint(path)
     missing = [k for k in RESUME_KEYS if k not in checkpoint]
     hparams = checkpoint.get("hyper_parameters")
@@ -47,6 +48,7 @@ def check_resumable(path: str | Path) -> None:
     if missing:
         raise ConfigError(f"ckpt_path={path} is not a vitstem checkpoint to resume: it lacks {', '.join(missing)}; to "
                           f"start a new run from its weights only, use init_from={path} instead of ckpt_path")
+    return int(checkpoint["global_step"])
 
 
 def model_weights(checkpoint: dict) -> dict[str, torch.Tensor]:

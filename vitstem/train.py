@@ -31,7 +31,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vitstem.callbacks import Throughput
-from vitstem.checkpoints import check_resumable, init_weights, load_checkpoint
+from vitstem.checkpoints import check_resumable, init_weights
 from vitstem.config import ConfigError, validate
 from vitstem.loggers import CSVLogger, finish_wandb
 from vitstem.models.complexity import count_params
@@ -49,7 +49,7 @@ warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
 warnings.filterwarnings("ignore", message=".*LeafSpec.*")
 
 
-def build(cfg: DictConfig) -> tuple[L.LightningDataModule, Classifier, L.Trainer]:
+def build(cfg: DictConfig, resume_step: int | None = None) -> tuple[L.LightningDataModule, Classifier, L.Trainer]:
     """Everything a run needs, built (and so checked) before any compute starts."""
     datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
     groups = {k: OmegaConf.to_container(cfg[k], resolve=True)
@@ -66,11 +66,10 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, Classifier, L.Trainer
     if checkpointer is not None:  # submitit's requeue handler runs after the checkpoint, not inside the step
         checkpointer.signals = (*checkpointer.signals, *slurm.requeue_signals())
         checkpointer.defer = slurm.defer_requeue
-    if cfg.ckpt_path:  # continue metrics.csv: keep the rows logged before the checkpoint's step
-        step = load_checkpoint(cfg.ckpt_path)["global_step"]
+    if resume_step is not None:  # continue metrics.csv: keep the rows logged before the checkpoint's step
         for logger in loggers:
             if isinstance(logger, CSVLogger):
-                logger.resume_before(step)
+                logger.resume_before(resume_step)
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     ddp.adopt(trainer, overrides, str(cfg.run_dir), cfg.ckpt_path)
     return datamodule, module, trainer
@@ -106,9 +105,8 @@ def run(cfg: DictConfig) -> dict:
                 (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
                 L.seed_everything(cfg.seed, workers=True)
                 torch.set_float32_matmul_precision(cfg.matmul_precision)
-                if cfg.ckpt_path:
-                    check_resumable(cfg.ckpt_path)
-                datamodule, module, trainer = build(cfg)
+                resume_step = check_resumable(cfg.ckpt_path) if cfg.ckpt_path else None
+                datamodule, module, trainer = build(cfg, resume_step)
                 if cfg.init_from:
                     report = init_weights(module.model, cfg.init_from)
                     (run_dir / "init_from.json").write_text(json.dumps(report, indent=2))
