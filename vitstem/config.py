@@ -170,6 +170,37 @@ class Mixup(TypedDict):
     label_smoothing: Fraction
 
 
+Factor = Annotated[float, Field(gt=1)]
+
+
+@with_config(Open)
+class Stability(TypedDict):  # vitstem.instrument.callbacks.StabilityMonitor
+    every_n_steps: Count
+    grad_spike_factor: Factor
+    loss_spike_factor: Factor
+    spike_window: Count
+    spike_warmup: Index
+    max_spikes: Index
+
+
+@with_config(Open)
+class Tokens(TypedDict):  # vitstem.instrument.callbacks.TokenStatistics
+    num_images: Count
+    every_n_epochs: Count
+
+
+@with_config(Open)
+class Throughput(TypedDict):  # vitstem.instrument.callbacks.Throughput
+    peak_flops: Positive | None
+
+
+@with_config(Open)
+class Callbacks(TypedDict):  # the entries vitstem knows; any other (a _target_) is Hydra's and Lightning's to check
+    stability: NotRequired[Stability | None]
+    tokens: NotRequired[Tokens | None]
+    throughput: NotRequired[Throughput | None]
+
+
 @with_config(Open)
 class Config(TypedDict):
     seed: Annotated[int, Field(ge=0, le=2**32 - 1)]
@@ -186,6 +217,7 @@ class Config(TypedDict):
     trainer: Trainer
     ema: NotRequired[EMA]  # ema=none and mixup=none leave their group empty
     mixup: NotRequired[Mixup]
+    callbacks: NotRequired[Callbacks | None]
 
 
 SCHEMA = TypeAdapter(Config)
@@ -250,5 +282,10 @@ def validate(cfg: DictConfig) -> None:
              f"model.embed_dim={model.embed_dim} must be a multiple of model.num_heads={model.num_heads}")
     _require(not (cfg.ckpt_path and cfg.init_from), f"ckpt_path={cfg.ckpt_path} and init_from={cfg.init_from} are both "
              "set: ckpt_path resumes a run (weights, optimizer, step), init_from starts a new one from weights only")
+    stability = (cfg.get("callbacks") or {}).get("stability")
+    _require(not stability or stability.spike_warmup <= stability.spike_window,
+             f"callbacks.stability.spike_warmup={stability and stability.spike_warmup} is larger than "
+             f"callbacks.stability.spike_window={stability and stability.spike_window}: no spike could ever be found; "
+             "lower the warm-up or widen the window")
     _require(not cfg.ema or cfg.ema.decay is not None or cfg.ema.horizon is not None,
              "ema.decay and ema.horizon are both null: set one (a fixed per-step decay, or the EMA's share of the run)")

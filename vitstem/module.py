@@ -53,8 +53,10 @@ class Classifier(L.LightningModule):
       instead). With ``ema.copy_during_warmup`` the EMA equals the weights until lr warm-up ends (pycls).
     - ``compile``: ``torch.compile`` the model (and its EMA) in place; parameter names do not change.
 
-    A non-finite training loss stops the run cleanly: the step is skipped, ``diverged_at_step`` records
-    it, and ``results.json`` says ``"status": "diverged"``.
+    Divergence (a non-finite loss, gradient or parameter) is found by
+    :class:`~vitstem.instrument.callbacks.StabilityMonitor` without a host-device sync per step: it sets
+    ``diverged_at_step`` and stops the run (``results.json``: ``"status": "diverged"``); from then on no best
+    accuracy is recorded.
     """
 
     def __init__(self, model: dict, optimizer: dict, weight_decay: dict, scheduler: dict, loss: dict,
@@ -93,11 +95,7 @@ class Classifier(L.LightningModule):
         x, y = batch
         if self.mixup is not None:
             x, y = self.mixup(x, y)
-        loss = self.train_criterion(self(x), y)
-        if self.trainer.strategy.reduce_boolean_decision(not torch.isfinite(loss).item(), all=False):
-            self.diverged_at_step = self.global_step
-            self.trainer.should_stop = True
-            return None
+        loss = self.train_criterion(self(x), y)  # non-finite: vitstem.instrument's StabilityMonitor stops the run
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
         return loss
@@ -122,7 +120,7 @@ class Classifier(L.LightningModule):
             self.acc1[prefix].reset(), self.acc5[prefix].reset()
             self.log(f"{prefix}/acc1", acc1, prog_bar=prefix == "val", sync_dist=True)  # compute() synced
             self.log(f"{prefix}/acc5", acc5, sync_dist=True)
-            if not self.trainer.sanity_checking:
+            if not self.trainer.sanity_checking and self.diverged_at_step is None:
                 best = f"best_{prefix}_acc1"
                 setattr(self, best, acc1 if getattr(self, best) is None else max(getattr(self, best), acc1))
 

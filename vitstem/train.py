@@ -30,9 +30,9 @@ from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from vitstem.callbacks import Throughput
 from vitstem.checkpoints import check_resumable, init_weights
 from vitstem.config import ConfigError, validate
+from vitstem.instrument import callbacks as instrument
 from vitstem.loggers import CSVLogger, finish_wandb
 from vitstem.models.complexity import count_params
 from vitstem.module import Classifier
@@ -59,6 +59,10 @@ def build(cfg: DictConfig, resume_step: int | None = None) -> tuple[L.LightningD
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None]
     if not cfg.trainer.get("enable_progress_bar", True):  # one switch turns any progress bar off
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    # the stability monitor first: a checkpoint written at a step must see that step's record
+    callbacks.sort(key=lambda c: not isinstance(c, instrument.StabilityMonitor))
+    if not any(isinstance(c, instrument.StabilityMonitor) for c in callbacks):
+        log.warning("callbacks.stability is off: a run whose loss, gradients or weights go non-finite is not stopped")
     plugins = slurm.lightning_plugins()  # under submitit: its processes, and Lightning's SLURM requeue off
     trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers, callbacks=callbacks, default_root_dir=cfg.run_dir,
                                       **({"plugins": plugins} if plugins else {}))
@@ -159,14 +163,13 @@ def collect(cfg, module: Classifier | None, trainer: L.Trainer | None, status: s
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()} if trainer else {}
     if status == "diverged":  # validation of blown-up weights is not a result (best_* stay: measured before)
         metrics = {k: v for k, v in metrics.items() if not k.startswith(("val/", "val_ema/"))}
-    throughput = next((c for c in trainer.callbacks if isinstance(c, Throughput)), None) if trainer else None
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     choices = dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {}
     return make_results(
         status, metrics.get("val/acc1"), module.best_val_acc1 if module else None,
         final_val_acc5=metrics.get("val/acc5"), final_train_loss=metrics.get("train/loss"),
         epochs=trainer.current_epoch if trainer else 0, steps=trainer.global_step if trainer else 0,
-        wall_time_s=round(wall, 2), train_images_per_s=throughput.images_per_s if throughput else None,
+        wall_time_s=round(wall, 2), **instrument.results(trainer),
         diverged_at_step=module.diverged_at_step if module else None, error=error, model=cfg.model.name,
         final_val_ema_acc1=metrics.get("val_ema/acc1"), best_val_ema_acc1=module.best_val_ema_acc1 if module else None,
         params_m=count_params(module.model) / 1e6 if module else None, global_batch_size=global_batch,

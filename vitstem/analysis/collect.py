@@ -212,3 +212,32 @@ def read_curve(job_dir: Path | None) -> list[tuple[int, float]]:
         except (KeyError, TypeError, ValueError):
             continue
     return sorted(points.items())
+
+
+def read_blocks(job_dir: Path | None, prefix: str, by: str = "step") -> dict[str, list[tuple[float, float]]]:
+    """The per-block series of ``metrics.csv`` whose columns start with ``prefix`` (``norms/grad/``,
+    ``diversity/``, ``attention/entropy/``: :mod:`vitstem.instrument`), keyed by block in network order (``stem``,
+    ``block_00``, ..., ``head``, then ``total``), each a list of ``(x, value)`` with ``x`` the ``step`` or
+    the ``epoch`` (counted from 1); rows without a value are skipped."""
+    path = job_dir / "metrics.csv" if job_dir is not None else None
+    if path is None or not path.is_file():
+        return {}
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        columns = [c for c in reader.fieldnames or [] if c.startswith(prefix)]
+        series: dict[str, dict[float, float]] = {c[len(prefix):]: {} for c in columns}
+        for r in reader:
+            for c in columns:
+                try:
+                    x = float(r[by]) + (1 if by == "epoch" else 0)
+                    series[c[len(prefix):]][x] = float(r[c])
+                except (KeyError, TypeError, ValueError):
+                    continue
+    return {name: sorted(series[name].items()) for name in sorted(series, key=_block_order) if series[name]}
+
+
+def _block_order(name: str) -> tuple:
+    if name.startswith("block_") and name[6:].isdigit():
+        return (1, int(name[6:]))
+    return {"stem": (0, 0), "head": (2, 0), "total": (4, 0)}.get(name, (3, 0))
+

@@ -109,3 +109,33 @@ def plot_curves(rows: list[dict], groups: list[str], name: str) -> Figure:
     else:
         _empty(ax, "no metrics.csv with validation rows yet")
     return fig
+
+
+def plot_blocks(series: dict[str, list[tuple[float, float]]], title: str, xlabel: str, ylabel: str,
+                log: bool = False, marks: dict[str, list[float]] | None = None) -> Figure:
+    """One line per block (:func:`~vitstem.analysis.collect.read_blocks`), coloured in network order from the stem
+    (dark) to the head (light), ``total`` dashed black; ``marks`` draws vertical lines at x values, one style per
+    label (spikes, divergence)."""
+    fig, ax = _figure(title, xlabel, ylabel)
+    blocks = [b for b in series if b != "total"]
+    cmap = colormaps["viridis"]
+    for i, name in enumerate(blocks):
+        xs, ys = zip(*series[name])
+        ax.plot(xs, ys, color=cmap(i / max(1, len(blocks) - 1) * 0.9), linewidth=1.2, label=name,
+                marker="." if len(xs) < 3 else "")
+    if "total" in series:
+        xs, ys = zip(*series["total"])
+        ax.plot(xs, ys, color="black", linestyle="--", linewidth=1, label="total", marker="." if len(xs) < 3 else "")
+    for (label, xs), style in zip((marks or {}).items(), (":", "-")):
+        for j, x in enumerate(xs):
+            ax.axvline(x, color="tab:red", linestyle=style, linewidth=1, alpha=0.7, label=label if j == 0 else None)
+    if not series:
+        _empty(ax, "no such columns in the job's metrics.csv")
+        return fig
+    if log and all(y > 0 for points in series.values() for _, y in points):
+        ax.set_yscale("log")
+    if xlabel == "epoch":
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(fontsize=7, ncol=2 if len(series) > 8 else 1)
+    return fig
+

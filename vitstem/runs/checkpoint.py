@@ -20,7 +20,9 @@ sample index (the synthetic set); random augmentation restarts its per-worker st
 batch. A signal (SIGTERM from a scheduler, SIGUSR1 from SLURM before the time limit) is acted on at the
 next step boundary: the checkpoint is written and training stops with ``interrupted`` set. Ctrl-C
 (SIGINT) does the same; pressed twice it stops at once. A diverged
-run writes no further checkpoint, so ``last.ckpt`` holds the last good weights.
+run writes no further checkpoint, so ``last.ckpt`` holds the last good weights: before each save the stability
+monitor's device-side record is read (:func:`vitstem.instrument.callbacks.diverged`), so weights that went
+non-finite since its last regular read are never saved.
 """
 from __future__ import annotations
 
@@ -34,6 +36,8 @@ import numpy as np
 import torch
 from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from vitstem.instrument.callbacks import diverged
 
 log = logging.getLogger("vitstem")
 
@@ -130,6 +134,8 @@ class RunCheckpoint(L.Callback):
             return
         stop = self._stop_requested(trainer)
         if stop or (self.every_n_steps and trainer.global_step % self.every_n_steps == 0):
+            if diverged(trainer):  # found just now: these weights may be non-finite; the monitor stops the run
+                return
             self.save(trainer)
         if stop:
             self.interrupted = stop
@@ -143,7 +149,7 @@ class RunCheckpoint(L.Callback):
             log.warning("SIGTERM: stopped before a checkpoint could be written; the last one is %s", self.last)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        if getattr(pl_module, "diverged_at_step", None) is None and not self.interrupted:
+        if not self.interrupted and not diverged(trainer):
             self.save(trainer)
 
     def state_dict(self) -> dict:

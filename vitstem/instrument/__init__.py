@@ -1,0 +1,1 @@
+"""Stability instrumentation: per-block norms, spikes, divergence, token diversity, attention statistics, MFU."""

@@ -1,0 +1,418 @@
+"""Thin Lightning callbacks around :mod:`vitstem.instrument.metrics`; configured in ``conf/callbacks/default.yaml``.
+
+- :class:`StabilityMonitor` (``callbacks.stability``): per-block gradient, parameter and update norms, gradient
+  and loss spikes, and divergence. Every optimizer step it writes one row to a device-side record (the loss,
+  each block's largest absolute output, gradient norm and parameter norm after the update: a few small kernels,
+  no host-device synchronisation); every ``every_n_steps`` steps it reads the record to the host in one copy,
+  finds spikes and non-finite values step by step, and logs the norms of that step. So a divergence is found at
+  most ``every_n_steps`` steps late but reported at its exact step. The record is also read before every
+  validation, at each epoch end, and before every checkpoint (:func:`diverged`, called by
+  :class:`~vitstem.runs.checkpoint.RunCheckpoint`): no checkpoint is written from weights that went non-finite,
+  so ``last.ckpt`` is the last good one. Under DDP the ranks agree on the earliest divergence (one all-reduce
+  per read).
+- :class:`TokenStatistics` (``callbacks.tokens``): patch-token diversity per block (raw and EMA weights) and
+  attention statistics per block on a fixed validation batch, once per epoch.
+- :class:`Throughput` (``callbacks.throughput``): training images/s with and without data loading, MFU.
+
+Each adds its keys to ``results.json`` (:func:`results`).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from functools import partial
+
+import lightning as L
+import numpy as np
+import torch
+
+from vitstem.instrument.metrics import (HEAD, STEM, SpikeDetector, block_layout, block_name, block_norms,
+                                        block_statistics, compute_dtype, first_nonfinite, peak_flops, spike_events,
+                                        total_norm, train_flops_per_image)
+
+log = logging.getLogger("vitstem")
+
+PHASES = ("forward", "backward", "update")
+_NONE = 2 ** 62  # "no divergence" in the all-reduced key
+
+
+def _log_metrics(trainer, metrics: dict, step: int) -> None:
+    """Straight to the loggers at training step ``step`` (as Lightning's LearningRateMonitor does): ``self.log``
+    would keep only the values of steps that fall on ``trainer.log_every_n_steps``."""
+    metrics = {"epoch": trainer.current_epoch, **metrics}
+    for logger in trainer.loggers:
+        logger.log_metrics(metrics, step=step)
+
+
+class StabilityMonitor(L.Callback):
+    """Per-block norms, spikes and divergence of the module's ``model`` (see the module docstring).
+
+    Logged every ``every_n_steps`` steps: ``norms/{grad,param,update,update_ratio}/{stem,block_<i>,head,total}``
+    (``update`` is the change the optimizer step made, ``update_ratio`` = update / parameter norm) and
+    ``spikes/count``. A spike is a step whose loss exceeds ``loss_spike_factor`` x its running median, or whose
+    gradient norm (total or of a block) exceeds ``grad_spike_factor`` x its own running median, over the last
+    ``spike_window`` steps once ``spike_warmup`` steps are recorded; each names the first block, in network order,
+    above threshold. The first ``max_spikes`` go to ``results.json`` (``spikes``; ``spikes_total`` counts all).
+    A non-finite loss, gradient (unless a float16 gradient scaler skips such steps) or parameter stops the run:
+    ``diverged_at_step`` (the step that produced it, counted as ``global_step`` at its start), ``diverged_block``
+    and ``diverged_phase`` (:func:`~vitstem.instrument.metrics.first_nonfinite`).
+    """
+
+    def __init__(self, every_n_steps: int, grad_spike_factor: float, loss_spike_factor: float, spike_window: int,
+                 spike_warmup: int, max_spikes: int):
+        self.every_n_steps, self.max_spikes = int(every_n_steps), int(max_spikes)
+        self.grad_spikes = SpikeDetector(grad_spike_factor, spike_window, spike_warmup)
+        self.loss_spikes = SpikeDetector(loss_spike_factor, spike_window, spike_warmup)
+        self.spikes: list[dict] = []
+        self.spikes_total = 0
+        self.diverged: dict | None = None  # step, block, phase
+        self.blocks: list[str] = []
+        self.reads = 0  # device-to-host reads of the record (tests count them)
+        self._rows: torch.Tensor | None = None
+        self._hooks: list = []
+
+    # set-up ------------------------------------------------------------------------------------------------------
+    def on_train_start(self, trainer, pl_module) -> None:
+        model = pl_module.model
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self.blocks, index = block_layout(n for n, _ in named)
+        self._params = [p for _, p in named]
+        device = self._params[0].device
+        self._index = torch.tensor(index, device=device)
+        self._grad_index: dict[tuple, torch.Tensor] = {}
+        nb = len(self.blocks)
+        self._width = 2 + 3 * nb  # step, loss, act[nb], grad[nb], param[nb]
+        self._rows = torch.zeros(self.every_n_steps, self._width, dtype=torch.float64, device=device)
+        self._act = torch.zeros(nb, dtype=torch.float64, device=device)
+        self._loss = torch.zeros((), dtype=torch.float64, device=device)
+        self._count, self._pending, self._snapshot, self._update = 0, None, None, None
+        self._head = self.blocks.index(HEAD) if HEAD in self.blocks else nb - 1
+        self._grads_decide = getattr(trainer.precision_plugin, "scaler", None) is None
+        self._hook_outputs(model)
+
+    def _hook_outputs(self, model) -> None:
+        """Each block's largest absolute output value, every training forward (for :func:`first_nonfinite`). Not
+        on a ``torch.compile``'d model, where a divergence in the forward is then attributed to ``head``."""
+        if getattr(model, "_compiled_call_impl", None) is not None:
+            return
+        modules = {STEM: getattr(model, "patch_embed", None), HEAD: getattr(model, "head", None),
+                   **{block_name(i): b for i, b in enumerate(getattr(model, "blocks", []))}}
+
+        def hook(i):
+            def record(module, args, output):
+                if module.training and torch.is_grad_enabled():
+                    out = output[0] if isinstance(output, tuple) else output
+                    self._act[i] = torch.maximum(self._act[i], torch.linalg.vector_norm(out.detach(), ord=float("inf")))
+            return record
+
+        self._hooks = [m.register_forward_hook(hook(self.blocks.index(name)))
+                       for name, m in modules.items() if m is not None and name in self.blocks]
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+
+    # every step ----------------------------------------------------------------------------------------------
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if self._rows is None or self.diverged:
+            return
+        if self._count == self.every_n_steps:  # not read for a whole window (cannot happen on the step schedule)
+            self.check(trainer, pl_module)
+        present = tuple(p.grad is not None for p in self._params)
+        if present not in self._grad_index:
+            self._grad_index[present] = self._index[torch.tensor(present, device=self._index.device)]
+        grads = [p.grad for p in self._params if p.grad is not None]
+        nb = len(self.blocks)
+        self._rows[self._count, 2 + nb:2 + 2 * nb] = block_norms(grads, self._grad_index[present], nb) if grads else 0
+        self._pending = trainer.global_step
+        if (trainer.global_step + 1) % self.every_n_steps == 0:  # a logged step: the update's norm too
+            self._snapshot = [p.detach().clone() for p in self._params]
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._rows is None or self.diverged:
+            return
+        loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+        if loss is not None:  # Lightning's loss divided by accumulate_grad_batches: summed, the batches' mean
+            self._loss += loss.detach()
+        if self._pending is None:  # accumulating gradients: no optimizer step yet
+            return
+        self._finish_row()
+        if trainer.global_step % self.every_n_steps == 0:
+            self.check(trainer, pl_module)
+
+    def _finish_row(self) -> None:
+        k, nb = self._count, len(self.blocks)
+        params = [p.detach() for p in self._params]
+        self._rows[k, 0] = self._pending
+        self._rows[k, 1] = self._loss
+        self._rows[k, 2:2 + nb] = self._act
+        self._rows[k, 2 + 2 * nb:] = block_norms(params, self._index, nb)
+        if self._snapshot is not None:
+            self._update = block_norms(torch._foreach_sub(params, self._snapshot), self._index, nb)
+            self._snapshot = None
+        self._loss.zero_(), self._act.zero_()
+        self._count, self._pending = k + 1, None
+
+    # reading the record --------------------------------------------------------------------------------------
+    def check(self, trainer, pl_module) -> bool:
+        """Read the steps recorded since the last read (one device-to-host copy; none if there are none): spikes,
+        divergence, the norms of a logged step. Returns whether the run has diverged. Call on every rank at the
+        same steps."""
+        if self._rows is None or self.diverged:
+            return self.diverged is not None
+        if self._count == 0:
+            return False
+        n, nb = self._count, len(self.blocks)
+        parts = [self._rows[:n].reshape(-1)] + ([self._update] if self._update is not None else [])
+        host = torch.cat(parts).cpu().numpy()
+        self.reads += 1
+        rows, update = host[:n * self._width].reshape(n, self._width), host[n * self._width:]
+        self._count, self._update = 0, None
+        loss, act, grad, param = rows[:, 1], rows[:, 2:2 + nb], rows[:, 2 + nb:2 + 2 * nb], rows[:, 2 + 2 * nb:]
+        key = _NONE
+        for r in range(n):
+            found = first_nonfinite(loss[r], act[r], grad[r], param[r], self._head, self._grads_decide)
+            if found:
+                key = (int(rows[r, 0]) * len(PHASES) + PHASES.index(found[0])) * 4096 + found[1]
+                break
+        if trainer.world_size > 1:  # the ranks agree on the earliest (a rank's own forward may break alone)
+            key = int(trainer.strategy.reduce(torch.tensor(key, device=trainer.strategy.root_device), reduce_op="min"))
+        bad_step = key // 4096 // len(PHASES) if key != _NONE else None
+        for r in range(n):
+            step = int(rows[r, 0])
+            if bad_step is not None and step >= bad_step:
+                break
+            self._spikes(step, loss[r], grad[r])
+        last = int(rows[-1, 0])
+        if (last + 1) % self.every_n_steps == 0 and (bad_step is None or last < bad_step):
+            self._log(trainer, last, grad[-1], param[-1], update if update.size else None)
+        if bad_step is not None:
+            self._diverge(trainer, pl_module, bad_step, PHASES[key // 4096 % len(PHASES)], self.blocks[key % 4096])
+        return bad_step is not None
+
+    def _spikes(self, step: int, loss: float, grad: np.ndarray) -> None:
+        grads = np.append(grad, total_norm(grad))
+        grad_spike, grad_median = self.grad_spikes.update(grads)
+        loss_spike, loss_median = self.loss_spikes.update([loss])
+        for event in spike_events(step, self.blocks, grads, grad_spike, grad_median, loss, bool(loss_spike[0]),
+                                  float(loss_median[0])):
+            self.spikes_total += 1
+            if len(self.spikes) < self.max_spikes:
+                self.spikes.append(event)
+                log.warning("%s spike at step %d: %.1fx its running median; first block above threshold: %s",
+                            event["kind"], step, event["ratio"], event["block"])
+
+    def _log(self, trainer, step: int, grad: np.ndarray, param: np.ndarray, update: np.ndarray | None) -> None:
+        metrics = {"spikes/count": self.spikes_total}
+        series = {"grad": grad, "param": param}
+        if update is not None:
+            series |= {"update": update, "update_ratio": update / param}
+        for kind, values in series.items():
+            for name, v in zip(self.blocks, values):
+                metrics[f"norms/{kind}/{name}"] = float(v)
+        metrics["norms/grad/total"], metrics["norms/param/total"] = float(total_norm(grad)), float(total_norm(param))
+        if update is not None:
+            metrics["norms/update/total"] = float(total_norm(update))
+            metrics["norms/update_ratio/total"] = metrics["norms/update/total"] / metrics["norms/param/total"]
+        _log_metrics(trainer, metrics, step)
+
+    def _diverge(self, trainer, pl_module, step: int, phase: str, block: str) -> None:
+        self.diverged = {"step": step, "block": block, "phase": phase}
+        pl_module.diverged_at_step = step
+        trainer.should_stop = True
+        what = {"forward": f"the output of {block} first", "backward": f"the gradient of {block} (nearest the loss)",
+                "update": f"the parameters of {block} after the optimizer step"}[phase]
+        log.warning("diverged: non-finite values at step %d in the %s (%s); stopping at step %d, the last "
+                    "checkpoint written before it is kept", step, phase, what, trainer.global_step)
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:  # no validation result, and no best accuracy, from weights gone non-finite
+            self.check(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.check(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.check(trainer, pl_module)
+
+    def results(self) -> dict:
+        d = self.diverged or {}
+        return {"diverged_block": d.get("block"), "diverged_phase": d.get("phase"), "spikes": list(self.spikes),
+                "spikes_total": self.spikes_total}
+
+    def state_dict(self) -> dict:
+        return {"spikes": self.spikes, "spikes_total": self.spikes_total, "grad": self.grad_spikes.state_dict(),
+                "loss": self.loss_spikes.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.spikes, self.spikes_total = list(state["spikes"]), int(state["spikes_total"])
+        self.grad_spikes.load_state_dict(state["grad"]), self.loss_spikes.load_state_dict(state["loss"])
+
+
+def diverged(trainer) -> bool:
+    """Whether the run has diverged as of this step, the stability monitor's record read first (one copy to the
+    host). Call on every rank at the same step."""
+    module = trainer.lightning_module
+    for callback in trainer.callbacks:
+        if isinstance(callback, StabilityMonitor):
+            callback.check(trainer, module)
+    return getattr(module, "diverged_at_step", None) is not None
+
+
+class TokenStatistics(L.Callback):
+    """Every ``every_n_epochs`` epochs, after validation: :func:`~vitstem.instrument.metrics.block_statistics` on
+    the first ``num_images`` images of the first validation batch (fixed: validation data are not shuffled), for
+    the raw weights (``diversity/*``, ``attention/*``) and the EMA (``diversity_ema/*``). Global rank 0 only."""
+
+    def __init__(self, num_images: int, every_n_epochs: int):
+        self.num_images, self.every_n_epochs = int(num_images), int(every_n_epochs)
+        self.last: dict[str, float] = {}
+        self._batch: torch.Tensor | None = None
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        if self._batch is None and batch_idx == 0 and dataloader_idx == 0:
+            self._batch = batch[0][:self.num_images].detach().clone()
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if (trainer.sanity_checking or self._batch is None or not trainer.is_global_zero
+                or getattr(pl_module, "diverged_at_step", None) is not None
+                or (trainer.current_epoch + 1) % self.every_n_epochs):
+            return
+        precision = trainer.precision_plugin
+        x = precision.convert_input(self._batch)
+        with precision.forward_context():
+            stats = block_statistics(pl_module.model, x)
+            ema = getattr(pl_module, "ema", None)
+            if ema is not None:
+                stats |= {k.replace("diversity/", "diversity_ema/"): v
+                          for k, v in block_statistics(ema.module, x, attention=False).items()}
+        self.last = stats
+        for key, value in stats.items():
+            pl_module.log(key, value, rank_zero_only=True)
+
+    def results(self) -> dict:
+        def block(prefix):
+            return {k[len(prefix):]: v for k, v in self.last.items() if k.startswith(prefix)} or None
+        return {"diversity": block("diversity/"), "diversity_ema": block("diversity_ema/")}
+
+
+class Throughput(L.Callback):
+    """Training images per second (global: all devices), with and without data loading, and MFU.
+
+    ``train/images_per_s``: images over the time of the training steps alone (from ``on_train_batch_start`` to
+    ``on_train_batch_end``: forward, backward, optimizer; on a GPU timed with CUDA events, so no synchronisation
+    per step). ``train/images_per_s_with_data``: images over the wall time of the training loop (data loading,
+    logging and callbacks included; validation not; a GPU is synchronised once per epoch). The first batch of the
+    run (warm-up, compilation) is left out. ``train/mfu``: model FLOPs utilisation, the training FLOPs per image
+    (forward and backward, :func:`~vitstem.instrument.metrics.train_flops_per_image`) x images/s with data over
+    the devices' peak: ``peak_flops`` per device if set, else :func:`~vitstem.instrument.metrics.peak_flops`
+    (none on CPU: then not logged, null in ``results.json``). Logged at each epoch end.
+    """
+
+    def __init__(self, peak_flops: float | None):
+        self.peak_flops = peak_flops
+        self.images = 0
+        self.step_s = self.wall_s = 0.0
+        self.flops_per_image: int | None = None
+        self.available: float | None = None
+        self._world, self._cuda = 1, False
+        self._first, self._mark, self._start, self._events = True, None, None, []
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        device = trainer.strategy.root_device
+        self._cuda = device.type == "cuda"
+        self.available = self.peak_flops or peak_flops(device, compute_dtype(trainer.precision))
+        hp = getattr(pl_module, "hparams", {})
+        if {"model", "num_classes", "img_size"} <= set(hp):
+            from vitstem.module import create_model
+
+            try:
+                self.flops_per_image = train_flops_per_image(
+                    partial(create_model, hp["model"], hp["num_classes"], hp["img_size"]), hp["img_size"])
+            except Exception as e:  # a model the FLOP counter cannot trace: no MFU
+                log.warning("MFU not measured: counting the model's FLOPs failed (%s: %s)", type(e).__name__, e)
+
+    def _now(self) -> float:
+        return time.perf_counter()
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._mark = None if self._first else self._now()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self._cuda:
+            self._start = torch.cuda.Event(enable_timing=True)
+            self._start.record()
+        else:
+            self._start = self._now()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        now = self._now()
+        if self._first:  # the run's first batch: left out
+            self._first, self._mark = False, now
+            return
+        if self._cuda:
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            self._events.append((self._start, end))
+        else:
+            self.step_s += now - self._start
+        if self._mark is not None:
+            self.wall_s += now - self._mark
+        self._mark = now
+        self.images += len(batch[0]) * trainer.world_size
+
+    def _close(self) -> None:
+        """End a stretch of training (before validation, at the epoch end): the GPU's queued work is waited for."""
+        if self._cuda:
+            torch.cuda.synchronize()
+            self.step_s += sum(start.elapsed_time(end) for start, end in self._events) / 1000
+            self._events = []
+        if self._mark is not None:
+            self.wall_s += self._now() - self._mark
+            self._mark = None
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if trainer.state.fn == "fit":
+            self._close()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking and not self._first and trainer.state.fn == "fit":
+            self._mark = self._now()  # validation inside an epoch: the loop resumes here
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._close()
+        for key, value in self.metrics().items():
+            if value is not None:
+                pl_module.log(f"train/{key}", value, sync_dist=True)
+
+    def metrics(self) -> dict:
+        fast = self.images / self.step_s if self.step_s > 0 else None
+        with_data = self.images / self.wall_s if self.wall_s > 0 else None
+        mfu = None
+        if with_data and self.flops_per_image and self.available:
+            mfu = self.flops_per_image * with_data / (self.available * self._world)
+        return {"images_per_s": fast, "images_per_s_with_data": with_data, "mfu": mfu}
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        self._world = trainer.world_size
+
+    def results(self) -> dict:
+        m = self.metrics()
+        return {"train_images_per_s": m["images_per_s"], "train_images_per_s_with_data": m["images_per_s_with_data"],
+                "train_flops_per_image": self.flops_per_image, "mfu": m["mfu"]}
+
+
+# results.json keys of the instrumentation: null when their callback is off or has measured nothing
+RESULT_KEYS = ("train_images_per_s", "train_images_per_s_with_data", "train_flops_per_image", "mfu", "diverged_block",
+               "diverged_phase", "spikes", "spikes_total", "diversity", "diversity_ema")
+
+
+def results(trainer) -> dict:
+    """The instrumentation's ``results.json`` keys (:data:`RESULT_KEYS`) from the trainer's callbacks."""
+    out = dict.fromkeys(RESULT_KEYS)
+    for callback in trainer.callbacks if trainer is not None else ():
+        if isinstance(callback, (StabilityMonitor, TokenStatistics, Throughput)):
+            out.update(callback.results())
+    return out
