@@ -10,7 +10,12 @@ checkpoint), ``final_val_acc1``, ``best_val_acc1``,
 ``run_dir``, ``hparams`` (:func:`hparams`: model, stem, attention, optimizer, base and scaled lr, weight
 decay, warm-up, epochs, global batch, seed, study name, sample index and sampled keys),
 ``best_val_ema_err1`` (with an EMA), ``resumed_from`` (the checkpoint this attempt continued, or null), ``git_commit`` and
-``versions``.
+``versions``. The instrumentation (:mod:`vitstem.instrument`; null when its callback is off) adds
+``train_images_per_s_with_data`` (data loading included; ``train_images_per_s`` times the training steps alone),
+``train_flops_per_image`` (forward and backward), ``mfu`` (null on CPU), ``diverged_block`` and ``diverged_phase``
+(where the step ``diverged_at_step`` first went non-finite), ``spikes`` (the first gradient and loss spikes:
+step, kind, first block above threshold, ratio to the running median) and ``spikes_total``, ``diversity`` and
+``diversity_ema`` (patch-token diversity per block at the last measurement).
 """
 from __future__ import annotations
 

@@ -80,7 +80,7 @@ class StabilityMonitor(L.Callback):
         self._params = [p for _, p in named]
         device = self._params[0].device
         self._index = torch.tensor(index, device=device)
-        self._grad_index: dict[tuple, torch.Tensor] = {}
+        self._grad_index: dict[tuple | None, torch.Tensor] = {None: self._index}
         nb = len(self.blocks)
         self._width = 2 + 3 * nb  # step, loss, act[nb], grad[nb], param[nb]
         self._rows = torch.zeros(self.every_n_steps, self._width, dtype=torch.float64, device=device)
@@ -120,10 +120,10 @@ class StabilityMonitor(L.Callback):
             return
         if self._count == self.every_n_steps:  # not read for a whole window (cannot happen on the step schedule)
             self.check(trainer, pl_module)
-        present = tuple(p.grad is not None for p in self._params)
-        if present not in self._grad_index:
-            self._grad_index[present] = self._index[torch.tensor(present, device=self._index.device)]
         grads = [p.grad for p in self._params if p.grad is not None]
+        present = tuple(p.grad is not None for p in self._params) if len(grads) < len(self._params) else None
+        if present not in self._grad_index:  # parameters without a gradient (unused): their blocks' index
+            self._grad_index[present] = self._index[torch.tensor(present, device=self._index.device)]
         nb = len(self.blocks)
         self._rows[self._count, 2 + nb:2 + 2 * nb] = block_norms(grads, self._grad_index[present], nb) if grads else 0
         self._pending = trainer.global_step

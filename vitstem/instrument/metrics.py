@@ -73,11 +73,11 @@ def total_norm(block: np.ndarray | torch.Tensor):
 
 # -- spikes -----------------------------------------------------------------------------------------------------
 class SpikeDetector:
-    """Flags values above ``factor`` x the median of the last ``window`` finite values of their own series.
+    """Flags values above ``factor`` x the median of their own series over the last ``window`` steps.
 
     Works on ``n`` series at once (a vector per step, e.g. one gradient norm per block). Nothing is flagged
-    before a series holds ``warmup`` values; non-finite values are never flagged (divergence handles them) and
-    never enter the window. A flagged value does enter it (the median is robust to it).
+    before a series holds ``warmup`` finite values; non-finite values are never flagged (divergence handles them)
+    and are left out of the median. A flagged value does count in later medians (the median is robust to it).
     """
 
     def __init__(self, factor: float, window: int, warmup: int):
