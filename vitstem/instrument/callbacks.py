@@ -2,9 +2,9 @@
 
 - :class:`StabilityMonitor` (``callbacks.stability``): per-block gradient, parameter and update norms, gradient
   and loss spikes, and divergence. Every optimizer step it writes one row to a device-side record (the loss,
-  each block's largest absolute output, gradient norm and parameter norm after the update: a few small kernels,
-  no host-device synchronisation); every ``every_n_steps`` steps it reads the record to the host in one copy,
-  finds spikes and non-finite values step by step, and logs the norms of that step. So a divergence is found at
+  each block's largest absolute output and its gradient norm: a few small kernels, no host-device
+  synchronisation); every ``every_n_steps`` steps it reads the record to the host in one copy together with the
+  parameter norms of that moment, finds spikes and non-finite values step by step, and logs the norms. So a divergence is found at
   most ``every_n_steps`` steps late but reported at its exact step. The record is also read before every
   validation, at each epoch end, and before every checkpoint (:func:`diverged`, called by
   :class:`~vitstem.runs.checkpoint.RunCheckpoint`): no checkpoint is written from weights that went non-finite,
@@ -55,8 +55,12 @@ class StabilityMonitor(L.Callback):
     ``spike_window`` steps once ``spike_warmup`` steps are recorded; each names the first block, in network order,
     above threshold. The first ``max_spikes`` go to ``results.json`` (``spikes``; ``spikes_total`` counts all).
     A non-finite loss, gradient (unless a float16 gradient scaler skips such steps) or parameter stops the run:
-    ``diverged_at_step`` (the step that produced it, counted as ``global_step`` at its start), ``diverged_block``
-    and ``diverged_phase`` (:func:`~vitstem.instrument.metrics.first_nonfinite`).
+    ``diverged_at_step`` (the first step, counted as ``global_step`` at its start, whose loss or gradients are
+    non-finite; weights are checked when the record is read, so weights that an update made non-finite are
+    reported at the next step, whose forward uses them, or at the last step read), ``diverged_block`` and
+    ``diverged_phase`` (:func:`~vitstem.instrument.metrics.first_nonfinite`). Each block's output is followed in
+    the training forward (one ``aminmax`` per block); not on a ``torch.compile``'d model, where a non-finite loss
+    is then attributed to ``head``.
     """
 
     def __init__(self, every_n_steps: int, grad_spike_factor: float, loss_spike_factor: float, spike_window: int,
@@ -82,18 +86,19 @@ class StabilityMonitor(L.Callback):
         self._index = torch.tensor(index, device=device)
         self._grad_index: dict[tuple | None, torch.Tensor] = {None: self._index}
         nb = len(self.blocks)
-        self._width = 2 + 3 * nb  # step, loss, act[nb], grad[nb], param[nb]
+        self._width = 2 + 2 * nb  # step, loss, act[nb], grad[nb]
         self._rows = torch.zeros(self.every_n_steps, self._width, dtype=torch.float64, device=device)
-        self._act = torch.zeros(nb, dtype=torch.float64, device=device)
-        self._loss = torch.zeros((), dtype=torch.float64, device=device)
-        self._count, self._pending, self._snapshot, self._update = 0, None, None, None
+        self._zero = torch.zeros((), device=device)
+        self._grad = torch.zeros(nb, dtype=torch.float64, device=device)
+        self._act: list = [None] * nb  # this step's (min, max) of each block's output, as tensors
+        self._losses: list = []
+        self._count, self._pending, self._snapshot, self._update, self._param = 0, None, None, None, None
         self._head = self.blocks.index(HEAD) if HEAD in self.blocks else nb - 1
         self._grads_decide = getattr(trainer.precision_plugin, "scaler", None) is None
         self._hook_outputs(model)
 
     def _hook_outputs(self, model) -> None:
-        """Each block's largest absolute output value, every training forward (for :func:`first_nonfinite`). Not
-        on a ``torch.compile``'d model, where a divergence in the forward is then attributed to ``head``."""
+        """Each block's smallest and largest output value, every training forward (for :func:`first_nonfinite`)."""
         if getattr(model, "_compiled_call_impl", None) is not None:
             return
         modules = {STEM: getattr(model, "patch_embed", None), HEAD: getattr(model, "head", None),
@@ -102,8 +107,10 @@ class StabilityMonitor(L.Callback):
         def hook(i):
             def record(module, args, output):
                 if module.training and torch.is_grad_enabled():
-                    out = output[0] if isinstance(output, tuple) else output
-                    self._act[i] = torch.maximum(self._act[i], torch.linalg.vector_norm(out.detach(), ord=float("inf")))
+                    low, high = torch.aminmax((output[0] if isinstance(output, tuple) else output).detach())
+                    seen = self._act[i]  # another forward before this step (gradient accumulation)
+                    self._act[i] = (low, high) if seen is None else (torch.minimum(seen[0], low),
+                                                                     torch.maximum(seen[1], high))  # NaN wins
             return record
 
         self._hooks = [m.register_forward_hook(hook(self.blocks.index(name)))
@@ -125,7 +132,7 @@ class StabilityMonitor(L.Callback):
         if present not in self._grad_index:  # parameters without a gradient (unused): their blocks' index
             self._grad_index[present] = self._index[torch.tensor(present, device=self._index.device)]
         nb = len(self.blocks)
-        self._rows[self._count, 2 + nb:2 + 2 * nb] = block_norms(grads, self._grad_index[present], nb) if grads else 0
+        self._grad = block_norms(grads, self._grad_index[present], nb) if grads else self._grad.zero_()
         self._pending = trainer.global_step
         if (trainer.global_step + 1) % self.every_n_steps == 0:  # a logged step: the update's norm too
             self._snapshot = [p.detach().clone() for p in self._params]
@@ -135,7 +142,7 @@ class StabilityMonitor(L.Callback):
             return
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
         if loss is not None:  # Lightning's loss divided by accumulate_grad_batches: summed, the batches' mean
-            self._loss += loss.detach()
+            self._losses.append(loss.detach())
         if self._pending is None:  # accumulating gradients: no optimizer step yet
             return
         self._finish_row()
@@ -144,15 +151,17 @@ class StabilityMonitor(L.Callback):
 
     def _finish_row(self) -> None:
         k, nb = self._count, len(self.blocks)
-        params = [p.detach() for p in self._params]
+        seen = [a or (self._zero, self._zero) for a in self._act]
+        act = torch.maximum(torch.stack([h for _, h in seen]), -torch.stack([lo for lo, _ in seen]))
+        loss = self._losses[0] if len(self._losses) == 1 else torch.stack(self._losses).sum() if self._losses \
+            else self._zero
         self._rows[k, 0] = self._pending
-        self._rows[k, 1] = self._loss
-        self._rows[k, 2:2 + nb] = self._act
-        self._rows[k, 2 + 2 * nb:] = block_norms(params, self._index, nb)
+        self._rows[k, 1:] = torch.cat([loss.view(1), act, self._grad])
         if self._snapshot is not None:
+            params = [p.detach() for p in self._params]
             self._update = block_norms(torch._foreach_sub(params, self._snapshot), self._index, nb)
-            self._snapshot = None
-        self._loss.zero_(), self._act.zero_()
+            self._param, self._snapshot = block_norms(params, self._index, nb), None
+        self._act, self._losses = [None] * nb, []
         self._count, self._pending = k + 1, None
 
     # reading the record --------------------------------------------------------------------------------------
@@ -165,15 +174,18 @@ class StabilityMonitor(L.Callback):
         if self._count == 0:
             return False
         n, nb = self._count, len(self.blocks)
-        parts = [self._rows[:n].reshape(-1)] + ([self._update] if self._update is not None else [])
-        host = torch.cat(parts).cpu().numpy()
+        param = self._param if self._param is not None else block_norms([p.detach() for p in self._params],
+                                                                           self._index, nb)  # the weights now
+        update = self._update if self._update is not None else torch.full((nb,), float("nan"), device=param.device)
+        host = torch.cat([self._rows[:n].reshape(-1), param, update]).cpu().numpy()  # the one copy to the host
         self.reads += 1
-        rows, update = host[:n * self._width].reshape(n, self._width), host[n * self._width:]
-        self._count, self._update = 0, None
-        loss, act, grad, param = rows[:, 1], rows[:, 2:2 + nb], rows[:, 2 + nb:2 + 2 * nb], rows[:, 2 + 2 * nb:]
-        key = _NONE
-        for r in range(n):
-            found = first_nonfinite(loss[r], act[r], grad[r], param[r], self._head, self._grads_decide)
+        rows, param, update = host[:n * self._width].reshape(n, self._width), host[-2 * nb:-nb], host[-nb:]
+        self._count, self._update, self._param = 0, None, None
+        loss, act, grad = rows[:, 1], rows[:, 2:2 + nb], rows[:, 2 + nb:]
+        key, finite = _NONE, np.ones(nb)
+        for r in range(n):  # the weights after the last step read: with its row
+            found = first_nonfinite(loss[r], act[r], grad[r], param if r == n - 1 else finite, self._head,
+                                    self._grads_decide)
             if found:
                 key = (int(rows[r, 0]) * len(PHASES) + PHASES.index(found[0])) * 4096 + found[1]
                 break
@@ -187,7 +199,7 @@ class StabilityMonitor(L.Callback):
             self._spikes(step, loss[r], grad[r])
         last = int(rows[-1, 0])
         if (last + 1) % self.every_n_steps == 0 and (bad_step is None or last < bad_step):
-            self._log(trainer, last, grad[-1], param[-1], update if update.size else None)
+            self._log(trainer, last, grad[-1], param, None if np.isnan(update).all() else update)
         if bad_step is not None:
             self._diverge(trainer, pl_module, bad_step, PHASES[key // 4096 % len(PHASES)], self.blocks[key % 4096])
         return bad_step is not None
