@@ -127,9 +127,9 @@ def test_statistics_appear_in_metrics_csv_and_results(tiny):
     assert [int(r["step"]) for r in norms] == [2, 5]  # every N steps
     for r in norms:
         for b in blocks:  # the logged gradient norms are the direct computation's
-            assert float(r[f"norms/grad/{b}"]) == pytest.approx(direct.steps[int(r["step"])][b], rel=1e-9)
+            assert float(r[f"norms/grad/{b}"]) == pytest.approx(direct.steps[int(r["step"])][b], rel=1e-6)
         assert float(r["norms/grad/total"]) == pytest.approx(
-            math.sqrt(sum(v ** 2 for v in direct.steps[int(r["step"])].values())), rel=1e-9)
+            math.sqrt(sum(v ** 2 for v in direct.steps[int(r["step"])].values())), rel=1e-6)
         for kind in ("param", "update", "update_ratio"):
             assert all(float(r[f"norms/{kind}/{b}"]) > 0 for b in (*blocks, "total"))
         assert float(r["norms/update_ratio/stem"]) == pytest.approx(
