@@ -4,7 +4,8 @@ and the patch-token diversity per block at the end.
 Runs one sweep, ``vitstem-train -m model=vit_p_32,vit_c_32 optimizer.lr=<lr>`` (the default run otherwise: 32 px
 synthetic data, CPU, ``--epochs`` epochs) into ``--sweep-dir``, then ``vitstem-analyze <sweep> --job 0 --job 1``
 (per-block curves in ``<sweep>/analysis/``), and writes a summary per model (JSON, ``--out``): status, divergence
-(step, block, phase), gradient spikes (count, the first ones, how often each block is the first above threshold),
+(step, block, phase), gradient spikes (count, the first ones, how often each block is the first above threshold
+and how often above threshold at all),
 best top-1, and the diversity per block (raw weights) after the last epoch. A finished job is not rerun.
 
     python benchmarks/instrument_high_lr.py                     # lr 2e-2, 5 epochs: two default-size runs
@@ -32,6 +33,7 @@ def summary(job_dir: Path) -> dict:
             "diverged_phase": r.get("diverged_phase"), "spikes_total": r.get("spikes_total"),
             "first_spikes": (r.get("spikes") or [])[:5],
             "grad_spikes_first_block": dict(collections.Counter(str(e["block"]) for e in grad)),
+            "grad_spikes_per_block": dict(collections.Counter(b for e in grad for b in e["blocks"])),
             "diversity": r.get("diversity"), "train_images_per_s": r.get("train_images_per_s"),
             "wall_time_s": r.get("wall_time_s")}
 
