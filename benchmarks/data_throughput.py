@@ -1,14 +1,17 @@
-"""Training-loader throughput of a vitstem data module: images/s for each ``num_workers``.
+"""Training-loader throughput of a vitstem data module: images/s for each ``num_workers`` and each recipe's
+training augmentation (``--augment``: options of ``conf/data/augment``, e.g. basic xiao deit wortsman_i1k).
 
 The data module is the one ``vitstem-train <overrides>`` would build (Hydra compose of ``conf/train.yaml``).
-For each worker count the training loader (``persistent_workers`` on, so worker start-up is not timed)
-is iterated for ``--warmup`` batches, then ``--batches`` batches are timed; the loader is re-iterated
-when an epoch ends. Writes JSON with images/s per worker count, batch size, image size, data set and
-the machine.
+For each augmentation and worker count the training loader (``persistent_workers`` on, so worker start-up
+is not timed) is iterated for ``--warmup`` batches, then ``--batches`` batches are timed; the loader is
+re-iterated when an epoch ends. Writes JSON with images/s (and per worker) per setting, batch size, image
+size, data set and the machine; prints a Markdown table.
 
     # no ImageNet here: make a tiny ImageFolder of real JPEGs and time it at 224 px
     python benchmarks/data_throughput.py --make-imagefolder /tmp/tinyin --classes 4 --per-class 64 \\
         --size 256 --workers 1 2 -- model.img_size=224 data.loader.batch_size=32
+    python benchmarks/data_throughput.py --make-imagefolder /tmp/tinyin --augment basic xiao deit wortsman_i1k \
+        --workers 1 -- model.img_size=224 data.loader.batch_size=32     # each recipe's transforms
     python benchmarks/data_throughput.py --workers 0 4 8 -- data=imagenet data.root=/data/imagenet model=vit_s16
 """
 from __future__ import annotations
@@ -26,6 +29,7 @@ import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
 from PIL import Image
 
 from vitstem.paths import CONF_DIR
@@ -75,7 +79,9 @@ def time_loader(dm, workers: int, batches: int, warmup: int) -> dict:
         images += len(x)
     seconds = time.perf_counter() - start
     del it, loader  # stop the workers before the next setting
-    return dict(num_workers=workers, images_per_s=round(images / seconds, 1), images=images, seconds=round(seconds, 3))
+    per_s = images / seconds
+    return dict(num_workers=workers, images_per_s=round(per_s, 1), images_per_s_per_worker=round(per_s / max(1, workers), 1),
+                images=images, seconds=round(seconds, 3))
 
 
 def machine() -> dict:
@@ -91,6 +97,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="num_workers settings to time")
     p.add_argument("--batches", type=int, default=20, help="timed batches per setting")
     p.add_argument("--warmup", type=int, default=3, help="untimed batches first")
+    p.add_argument("--augment", nargs="+", default=[None], metavar="OPTION",
+                   help="data/augment options to time in turn (default: the one the overrides compose)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON file to write")
     p.add_argument("--make-imagefolder", type=Path, metavar="DIR",
                    help="write a tiny ImageFolder of JPEGs to DIR and time data=imagenet on it")
@@ -104,16 +112,22 @@ def main(argv: list[str] | None = None) -> dict:
         given = {o.split("=", 1)[0] for o in overrides}
         overrides = [o for k, o in (("data", "data=imagenet"), ("data.root", f"data.root={a.make_imagefolder}"),
                                     ("data.num_classes", f"data.num_classes={a.classes}")) if k not in given] + overrides
-    cfg, dm = build_datamodule(overrides)
-    dm.setup("fit")
     runs = []
-    for w in a.workers:
-        runs.append(time_loader(dm, w, a.batches, a.warmup))
-        print(f"num_workers={w}: {runs[-1]['images_per_s']:.1f} images/s", flush=True)
+    for option in a.augment:
+        cfg, dm = build_datamodule(overrides + ([f"data/augment={option}"] if option else []))
+        dm.setup("fit")
+        name = cfg.hydra.runtime.choices["data/augment"]
+        for w in a.workers:
+            runs.append(dict(augment=name, **time_loader(dm, w, a.batches, a.warmup),
+                             settings=OmegaConf.to_container(cfg.data.augment)))
+            print(f"augment={name} num_workers={w}: {runs[-1]['images_per_s']:.1f} images/s", flush=True)
+    print("\n| augment | workers | images/s | images/s per worker |\n|---|---|---|---|")
+    for r in runs:
+        print(f"| {r['augment']} | {r['num_workers']} | {r['images_per_s']} | {r['images_per_s_per_worker']} |")
     result = dict(data=cfg.hydra.runtime.choices["data"], overrides=overrides, img_size=dm.img_size,
                   batch_size=dm.batch_size, train_images=len(dm.train_set),
-                  batches=a.batches, warmup=a.warmup, augment=dict(cfg.data.augment) if "augment" in cfg.data else None,
-                  results=runs, machine=machine(), time=time.strftime("%Y-%m-%d %H:%M:%S"))
+                  batches=a.batches, warmup=a.warmup, results=runs, machine=machine(),
+                  time=time.strftime("%Y-%m-%d %H:%M:%S"))
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {a.out}")

@@ -13,7 +13,8 @@ SHRINK = ["data=synthetic", "model.depth=1", "model.embed_dim=32", "model.num_he
           "data.img_size=32", "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
           "data.loader.batch_size=8", "scheduler.warmup=0", "~callbacks.progress_bar",
           "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1", "trainer.accelerator=cpu",
-          "trainer.devices=1", "trainer.strategy=auto", "trainer.precision=32-true"]
+          "trainer.devices=1", "trainer.strategy=auto", "trainer.precision=32-true",
+          "callbacks.precise_bn.num_images=16"]
 
 # Xiao et al. 2021 Table 4 (batch 2048): model -> AdamW (lr, wd), SGD (lr, wd)
 TABLE4 = {"p_1gf": ((2.0e-3, 0.20), (1.9, 1.3e-5)), "p_4gf": ((2.0e-3, 0.20), (1.9, 1.3e-5)),

@@ -32,6 +32,7 @@ class Optimizer(TypedDict):
     lr: Positive
     ref_batch_size: Count
     weight_decay: NonNegative
+    weight_decay_scaled_by: Literal["lr", "schedule"]
     betas: NotRequired[Annotated[list[Fraction], Field(min_length=2, max_length=2)]]
     eps: NotRequired[Positive]
     momentum: NotRequired[Fraction]
@@ -61,6 +62,9 @@ class Scheduler(TypedDict):
     warmup_unit: str
     warmup_start_factor: Probability
     min_factor: Probability
+    warmup_start_lr: NonNegative | None
+    min_lr: NonNegative | None
+    cooldown_epochs: Index
     warmup_overlap: bool
     interval: str
     milestones: NotRequired[list[Probability]]
@@ -91,10 +95,29 @@ class Loader(TypedDict):
 
 
 @with_config(Open)
+class Augment(TypedDict):
+    scale: Annotated[list[Probability], Field(min_length=2, max_length=2)]
+    hflip: Probability
+    auto_augment: str | None
+    color_jitter: NonNegative | None
+    lighting: NonNegative
+    re_prob: Probability
+    re_mode: Literal["const", "rand", "pixel"]
+    num_repeats: Count
+
+
+Triple = Annotated[list[float], Field(min_length=3, max_length=3)]
+
+
+@with_config(Open)
 class Data(TypedDict):
     num_classes: Annotated[int, Field(ge=2)]
     img_size: Count
     loader: Loader
+    augment: Augment
+    mean: Triple
+    std: Annotated[list[Positive], Field(min_length=3, max_length=3)]
+    holdout: Fraction
     train_size: NotRequired[Count]
     val_size: NotRequired[Count]
     noise: NotRequired[NonNegative]
@@ -147,7 +170,9 @@ class Model(TypedDict):
 
 @with_config(Closed)
 class Loss(TypedDict):
+    _target_: str
     label_smoothing: Fraction
+    head_bias_init: float | None
 
 
 @with_config(Open)

@@ -20,9 +20,9 @@ Images are read with PIL as RGB. An unreadable file raises :class:`CorruptImageE
 with ``skip_corrupt=true``, is replaced by the next readable sample, logged and counted
 (:attr:`ImageNetDataModule.skipped`, a count of distinct files shared with the loader workers).
 
-Transforms are timm's (``timm.data.create_transform``): training random-resized crop (``scale``), the
-``data.augment`` flip / auto-augment / random erasing; evaluation resize to ``img_size / crop_pct`` and
-centre crop, with ``interpolation`` and the ImageNet mean / std.
+Transforms are timm's (``timm.data.create_transform``): training random-resized crop (``data.augment.scale``),
+the ``data.augment`` flip / auto-augment / lighting / random erasing; evaluation resize to
+``img_size / crop_pct`` and centre crop, with ``interpolation``; both normalise with ``mean`` / ``std``.
 """
 from __future__ import annotations
 
@@ -112,9 +112,9 @@ class ImageNetDataModule(AugmentedDataModule):
     """``data=imagenet``: wnid image folders under ``root`` (see the module docstring)."""
 
     def __init__(self, root: str, num_classes: int, img_size: int, classes: list[str] | None,
-                 max_per_class: int | None, skip_corrupt: bool, scale: list[float], interpolation: str,
-                 crop_pct: float, loader: dict, augment: dict):
-        super().__init__(num_classes=num_classes, img_size=img_size, loader=loader, augment=augment)
+                 max_per_class: int | None, skip_corrupt: bool, interpolation: str, crop_pct: float,
+                 mean: list[float], std: list[float], holdout: float, loader: dict, augment: dict):
+        super().__init__(num_classes=num_classes, img_size=img_size, loader=loader, augment=augment, holdout=holdout)
         self.root, self.skip_corrupt = Path(root), skip_corrupt
         train_dir, val_dir = self.root / "train", self.root / "val"
         for d in (train_dir, val_dir):
@@ -134,12 +134,13 @@ class ImageNetDataModule(AugmentedDataModule):
         self.train_samples = self._scan(train_dir, max_per_class)
         self.val_samples = self._scan(val_dir, None)
         try:
-            self.train_transform = train_transform(img_size, self.augment, scale=tuple(scale), interpolation=interpolation)
+            norm = dict(mean=tuple(mean), std=tuple(std))
+            self.train_transform = train_transform(img_size, self.augment, interpolation=interpolation, **norm)
             self.eval_transform = create_transform(img_size, is_training=False, interpolation=interpolation,
-                                                   crop_pct=crop_pct)
+                                                   crop_pct=crop_pct, **norm)
         except (AssertionError, KeyError, ValueError, TypeError) as e:
-            raise ConfigError(f"imagenet: bad transform setting (data.scale={scale}, data.interpolation={interpolation}, "
-                              f"data.crop_pct={crop_pct}): {e!r}") from e
+            raise ConfigError(f"imagenet: bad transform setting (data.augment.scale={self.augment['scale']}, "
+                              f"data.interpolation={interpolation}, data.crop_pct={crop_pct}): {e!r}") from e
 
     def _scan(self, split_dir: Path, limit: int | None) -> list[tuple[str, int]]:
         samples = []
