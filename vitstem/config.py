@@ -164,6 +164,10 @@ class Model(TypedDict):
     num_heads: Count
     mlp_ratio: Positive
     drop_path_rate: NotRequired[Fraction]
+    rep_size: NotRequired[Count | None]  # tanh pre-logits width (big_vision); null: none
+    class_token: NotRequired[bool]
+    global_pool: NotRequired[Literal["token", "avg", "avgmax", "max", "map", ""]]
+    fc_norm: NotRequired[bool | None]
     stem: Stem
     attention: Attention
 
