@@ -6,6 +6,7 @@ Sources: ../shared/papers.md (Xiao et al. 2021 sections 5.4, 6 and Tables 2 / 4,
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -85,3 +86,11 @@ def test_vitstem_recipes_agrees_and_flags_an_override(capsys):
         recipes_main(["xiao_c_4gf", "optimizer.lr=2e-3", "loss=sigmoid_bce"])
     out = capsys.readouterr().out
     assert done.value.code == 1 and "0.002 @ 2048 [paper: 0.001 @ 2048]" in out and "2 cell(s) differ" in out
+
+
+def test_readme_table_is_the_current_output(capsys):
+    with pytest.raises(SystemExit):
+        recipes_main(["--bases"])
+    table = capsys.readouterr().out.split("\n\n")[0]
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert table in readme, "README's recipe table is stale: paste `vitstem-recipes --bases` into it"
