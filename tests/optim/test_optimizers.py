@@ -32,6 +32,8 @@ def test_optimizer_builds_and_steps(name):
     assert not torch.equal(before, model.weight)
     if name == "sgd":
         assert opt.defaults["nesterov"] and opt.defaults["momentum"] == 0.9
+    if name == "adamw":  # torch's fused kernel, on CPU too
+        assert opt.defaults["fused"] is True
 
 
 def test_weight_decay_scaled_by_schedule_is_not_multiplied_by_the_lr():
