@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, get_args
 
-from lightning.fabric.plugins.precision.precision import _PRECISION_INPUT
 from omegaconf import DictConfig, OmegaConf
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, with_config
 from typing_extensions import NotRequired, TypedDict
@@ -23,7 +22,6 @@ NonNegative = Annotated[float, Field(ge=0)]
 Probability = Annotated[float, Field(ge=0, le=1)]
 Fraction = Annotated[float, Field(ge=0, lt=1)]
 Pair = Annotated[list[Probability], Field(min_length=2, max_length=2)]
-Precision = Literal[tuple(a for t in get_args(_PRECISION_INPUT) for a in get_args(t))]  # Lightning's own list
 Open, Closed = ConfigDict(extra="allow"), ConfigDict(extra="forbid")
 
 
@@ -77,7 +75,7 @@ class Trainer(TypedDict):
     devices: Literal[-1] | Count | str | list[Index]  # all, a count, "auto" or "0,1", device indices
     num_nodes: Count
     accumulate_grad_batches: Count
-    precision: Precision
+    precision: int | str  # the value is checked against Lightning's own list in validate()
     gradient_clip_val: NonNegative | None
     log_every_n_steps: Count
     limit_train_batches: NotRequired[Positive | None]  # 0 would train nothing
@@ -274,6 +272,11 @@ def validate(cfg: DictConfig) -> None:
         SCHEMA.validate_python(values, strict=True)
     except ValidationError as e:
         raise ConfigError(_message(values, e.errors())) from None
+    # Lightning's list of precisions; imported only for a config that passed the schema (seconds: it imports torch)
+    from lightning.fabric.plugins.precision.precision import _PRECISION_INPUT
+    precisions = [a for t in get_args(_PRECISION_INPUT) for a in get_args(t)]
+    _require(cfg.trainer.precision in precisions, f"trainer.precision={cfg.trainer.precision!r} must be "
+             f"{', '.join(map(str, precisions))}")
     model = cfg.model
     _require(model.embed_dim % model.num_heads == 0,
              f"model.embed_dim={model.embed_dim} must be a multiple of model.num_heads={model.num_heads}")
