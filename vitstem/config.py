@@ -120,6 +120,7 @@ class Data(TypedDict):
     val_size: NotRequired[Count]
     noise: NotRequired[NonNegative]
     max_per_class: NotRequired[Count | None]
+    shuffle_buffer: NotRequired[Index]
 
 
 @with_config(Closed)
