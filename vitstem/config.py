@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, get_args
 
-from lightning.fabric.plugins.precision.precision import _PRECISION_INPUT
 from omegaconf import DictConfig, OmegaConf
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, with_config
 from typing_extensions import NotRequired, TypedDict
@@ -23,7 +22,6 @@ NonNegative = Annotated[float, Field(ge=0)]
 Probability = Annotated[float, Field(ge=0, le=1)]
 Fraction = Annotated[float, Field(ge=0, lt=1)]
 Pair = Annotated[list[Probability], Field(min_length=2, max_length=2)]
-Precision = Literal[tuple(a for t in get_args(_PRECISION_INPUT) for a in get_args(t))]  # Lightning's own list
 Open, Closed = ConfigDict(extra="allow"), ConfigDict(extra="forbid")
 
 
@@ -32,6 +30,7 @@ class Optimizer(TypedDict):
     lr: Positive
     ref_batch_size: Count
     weight_decay: NonNegative
+    weight_decay_scaled_by: Literal["lr", "schedule"]
     betas: NotRequired[Annotated[list[Fraction], Field(min_length=2, max_length=2)]]
     eps: NotRequired[Positive]
     momentum: NotRequired[Fraction]
@@ -61,6 +60,9 @@ class Scheduler(TypedDict):
     warmup_unit: str
     warmup_start_factor: Probability
     min_factor: Probability
+    warmup_start_lr: NonNegative | None
+    min_lr: NonNegative | None
+    cooldown_epochs: Index
     warmup_overlap: bool
     interval: str
     milestones: NotRequired[list[Probability]]
@@ -73,7 +75,7 @@ class Trainer(TypedDict):
     devices: Literal[-1] | Count | str | list[Index]  # all, a count, "auto" or "0,1", device indices
     num_nodes: Count
     accumulate_grad_batches: Count
-    precision: Precision
+    precision: int | str  # the value is checked against Lightning's own list in validate()
     gradient_clip_val: NonNegative | None
     log_every_n_steps: Count
     limit_train_batches: NotRequired[Positive | None]  # 0 would train nothing
@@ -91,14 +93,34 @@ class Loader(TypedDict):
 
 
 @with_config(Open)
+class Augment(TypedDict):
+    scale: Annotated[list[Probability], Field(min_length=2, max_length=2)]
+    hflip: Probability
+    auto_augment: str | None
+    color_jitter: NonNegative | None
+    lighting: NonNegative
+    re_prob: Probability
+    re_mode: Literal["const", "rand", "pixel"]
+    num_repeats: Count
+
+
+Triple = Annotated[list[float], Field(min_length=3, max_length=3)]
+
+
+@with_config(Open)
 class Data(TypedDict):
     num_classes: Annotated[int, Field(ge=2)]
     img_size: Count
     loader: Loader
+    augment: Augment
+    mean: Triple
+    std: Annotated[list[Positive], Field(min_length=3, max_length=3)]
+    holdout: Fraction
     train_size: NotRequired[Count]
     val_size: NotRequired[Count]
     noise: NotRequired[NonNegative]
     max_per_class: NotRequired[Count | None]
+    shuffle_buffer: NotRequired[Index]
 
 
 @with_config(Closed)
@@ -141,13 +163,19 @@ class Model(TypedDict):
     num_heads: Count
     mlp_ratio: Positive
     drop_path_rate: NotRequired[Fraction]
+    rep_size: NotRequired[Count | None]  # tanh pre-logits width (big_vision); null: none
+    class_token: NotRequired[bool]
+    global_pool: NotRequired[Literal["token", "avg", "avgmax", "max", "map", ""]]
+    fc_norm: NotRequired[bool | None]
     stem: Stem
     attention: Attention
 
 
 @with_config(Closed)
 class Loss(TypedDict):
+    _target_: str
     label_smoothing: Fraction
+    head_bias_init: float | None
 
 
 @with_config(Open)
@@ -277,6 +305,11 @@ def validate(cfg: DictConfig) -> None:
         SCHEMA.validate_python(values, strict=True)
     except ValidationError as e:
         raise ConfigError(_message(values, e.errors())) from None
+    # Lightning's list of precisions; imported only for a config that passed the schema (seconds: it imports torch)
+    from lightning.fabric.plugins.precision.precision import _PRECISION_INPUT
+    precisions = [a for t in get_args(_PRECISION_INPUT) for a in get_args(t)]
+    _require(cfg.trainer.precision in precisions, f"trainer.precision={cfg.trainer.precision!r} must be "
+             f"{', '.join(map(str, precisions))}")
     model = cfg.model
     _require(model.embed_dim % model.num_heads == 0,
              f"model.embed_dim={model.embed_dim} must be a multiple of model.num_heads={model.num_heads}")

@@ -10,13 +10,13 @@ import lightning as L
 import timm
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from timm.loss import SoftTargetCrossEntropy
 from timm.utils import ModelEmaV3
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from vitstem.config import ConfigError
 import vitstem.models  # noqa: F401  (registers the model zoo)
+from vitstem.loss import init_head_bias
 from vitstem.optim import build_optimizer, build_scheduler, fit_warmup, param_groups, warmup_steps
 
 log = logging.getLogger("vitstem")
@@ -41,11 +41,12 @@ def ema_decay(ema: dict, total_steps: int) -> float:
 
 
 class Classifier(L.LightningModule):
-    """Image classification with cross-entropy; logs loss, lr, top-1 / top-5 accuracy (percent).
+    """Image classification; logs loss, lr, top-1 / top-5 accuracy (percent).
 
+    - ``loss`` (``conf/loss``, :mod:`vitstem.loss`): softmax or sigmoid cross-entropy, with label smoothing
+      of hard labels and an optional initial head bias; validation reports the same loss.
     - ``mixup`` (``conf/mixup``): a ``timm.data.Mixup`` applied to each training batch (mixup or CutMix,
-      Zhang et al. 2018 / Yun et al. 2019); its soft targets, label smoothing included, are trained with
-      soft-target cross-entropy. Without it the loss is cross-entropy with ``loss.label_smoothing``.
+      Zhang et al. 2018 / Yun et al. 2019); the loss takes its soft targets, label smoothing included.
     - ``ema`` (``conf/ema``): a ``timm.utils.ModelEmaV3`` copy of the weights, updated after every
       optimizer step and evaluated beside the raw weights as ``val_ema/{loss,acc1,acc5}``. It averages the
       whole ``state_dict``, buffers included: the BatchNorm running statistics of a conv stem are EMA'd
@@ -65,9 +66,10 @@ class Classifier(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.model = create_model(model, num_classes, img_size)
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=loss["label_smoothing"])
+        loss = dict(loss)
+        init_head_bias(self.model, loss.pop("head_bias_init"))
+        self.criterion = hydra.utils.instantiate(loss)
         self.mixup = hydra.utils.instantiate(mixup, num_classes=num_classes) if mixup else None
-        self.train_criterion = SoftTargetCrossEntropy() if self.mixup else self.criterion
         self.ema = None
         if ema:
             # Only validation_step calls the EMA, and Lightning runs validation in eval mode; the copy's mode
@@ -95,7 +97,7 @@ class Classifier(L.LightningModule):
         x, y = batch
         if self.mixup is not None:
             x, y = self.mixup(x, y)
-        loss = self.train_criterion(self(x), y)  # non-finite: vitstem.instrument's StabilityMonitor stops the run
+        loss = self.criterion(self(x), y)  # non-finite: vitstem.instrument's StabilityMonitor stops the run
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
         return loss
@@ -141,7 +143,7 @@ class Classifier(L.LightningModule):
         try:
             steps = trainer.estimated_stepping_batches  # sets up the training data (a limit below one batch fails)
             if steps < 1:  # a run that trains nothing must not finish as if it had
-                raise ValueError(f"the run would train 0 steps: {len(datamodule.train_set)} training images make no "
+                raise ValueError(f"the run would train 0 steps: {len(datamodule.trained_set)} training images make no "
                                  f"full batch of data.loader.batch_size={datamodule.batch_size} per device x "
                                  f"{trainer.world_size} devices (the last incomplete batch is dropped): use more "
                                  "training images or a smaller data.loader.batch_size")

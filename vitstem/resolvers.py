@@ -32,8 +32,16 @@ def loguniform(u: float, bounds) -> float:
         raise ValueError(f"vitstem_loguniform: bounds {list(bounds)} must satisfy 0 < low < high")
     return math.exp(math.log(low) + float(u) * (math.log(high) - math.log(low)))
 
+def precision(accelerator: str) -> str:
+    """``${vitstem_precision:${trainer.accelerator}}``: ``bf16-mixed`` where the run will use a GPU that has
+    bf16 (Ampere and later), else ``32-true``. torch is imported only when the config is resolved."""
+    if str(accelerator) not in ("auto", "gpu", "cuda"):
+        return "32-true"
+    import torch
+    return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
 
 
-for _name, _fn in (("vitstem_dirname", dirname), ("vitstem_basename", basename), ("vitstem_loguniform", loguniform)):
+for _name, _fn in (("vitstem_dirname", dirname), ("vitstem_basename", basename), ("vitstem_loguniform", loguniform),
+                   ("vitstem_precision", precision)):
     if not OmegaConf.has_resolver(_name):
         OmegaConf.register_new_resolver(_name, _fn)

@@ -33,14 +33,15 @@ def write_cifar(root: Path, name: str, train_size: int = 20, test_size: int = 8,
 
 
 def write_imagefolder(root: Path, classes: int = 4, train_per_class: int = 4, val_per_class: int = 2,
-                      size: int = 24) -> Path:
-    """``root/{train,val}/n0000000k/*.JPEG``: small real JPEG files, a colour per class plus noise."""
+                      size: int = 24, width: int | None = None) -> Path:
+    """``root/{train,val}/n0000000k/*.JPEG``: small real JPEG files (``size`` high, ``width`` wide: ``size + 4``
+    unless given), a colour per class plus noise."""
     rng = np.random.default_rng(0)
     for split, n in (("train", train_per_class), ("val", val_per_class)):
         for c in range(classes):
             folder = root / split / f"n{c:08d}"
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(n):
-                pixels = np.clip(rng.normal(40 * c + 60, 30, (size, size + 4, 3)), 0, 255).astype(np.uint8)
+                pixels = np.clip(rng.normal(40 * c + 60, 30, (size, size + 4 if width is None else width, 3)), 0, 255).astype(np.uint8)
                 Image.fromarray(pixels).save(folder / f"n{c:08d}_{i}.JPEG", quality=90)
     return root

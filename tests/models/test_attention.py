@@ -3,7 +3,7 @@ import pytest
 import torch
 from timm.layers import Attention
 
-from vitstem.models.attention import ACTIVATIONS, ViTAttention, attention_layer
+from vitstem.models.attention import ACTIVATIONS, PointwiseAttention, ViTAttention, attention_layer
 
 
 def twin(**options):
@@ -45,3 +45,14 @@ def test_every_pointwise_activation_runs_and_trains(activation):
 def test_unknown_activation_is_an_error():
     with pytest.raises(ValueError, match="activation='tanh' is not one of"):
         ViTAttention(32, 2, activation="tanh")
+
+
+@pytest.mark.parametrize("activation", ["softmax", *sorted(ACTIVATIONS)])
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+def test_every_attention_scripts(activation):
+    """torch.jit.script: softmax is timm's own forward; a point-wise h is a module."""
+    layer = attention_layer(activation=activation, alpha=0.5, gate=True)(32, num_heads=2, qk_norm=True,
+                                                                        norm_layer=torch.nn.LayerNorm).eval()
+    assert isinstance(layer, ViTAttention) and isinstance(layer, PointwiseAttention) == (activation != "softmax")
+    x = torch.randn(2, 5, 32)
+    torch.testing.assert_close(torch.jit.script(layer)(x), layer(x))

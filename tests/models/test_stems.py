@@ -3,6 +3,7 @@ import math
 from types import SimpleNamespace
 
 import pytest
+import timm
 import torch
 from torch import nn
 
@@ -85,14 +86,68 @@ def test_every_stem_preset_builds(name):
         == (1, 16, 96)
 
 
-def test_pycls_init():
-    """pycls init_weights_vit: patchify std sqrt(1/fan_in); conv stem last 1x1 std sqrt(2/out); zero bias."""
+TORCH_DEFAULT = "torch default"  # kaiming-uniform(a=sqrt(5)): U(+-1/sqrt(fan_in)), std 1/sqrt(3 fan_in)
+
+
+def expected_std(conv, rule):
+    fan_in = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
+    return {TORCH_DEFAULT: 1 / math.sqrt(3 * fan_in), "sqrt(1/fan_in)": math.sqrt(1 / fan_in),
+            "sqrt(2/out)": math.sqrt(2 / conv.out_channels), "sqrt(1/out)": math.sqrt(1 / conv.out_channels)}[rule]
+
+
+# pycls init_weights_vit at d74b462 (2021) and 8709e4f (2022): the convs before the last, the last 1x1.
+@pytest.mark.parametrize("init,body,last", [
+    ("pycls_2021", TORCH_DEFAULT, "sqrt(2/out)"),
+    ("pycls_2022", "sqrt(2/out)", "sqrt(1/out)"),
+    ("torch", TORCH_DEFAULT, TORCH_DEFAULT),
+])
+def test_conv_stem_init_versions(init, body, last):
+    """Each conv's std matches its formula within 5% (every conv has >= 1296 weights), the last bias is zero."""
     torch.manual_seed(0)
-    p = ConvStem(224, 16, 3, 768, **stem_config("patchify"))
-    assert p.proj.weight.std().item() == pytest.approx(math.sqrt(1 / (3 * 16 * 16)), rel=0.05)
-    c = ConvStem(224, 16, 3, 768, **stem_config("conv_xiao_18gf"))
-    assert convs(c)[-1].weight.std().item() == pytest.approx(math.sqrt(2 / 768), rel=0.05)
-    assert convs(c)[-1].bias.abs().sum().item() == 0
+    stem = ConvStem(224, 16, 3, 384, **{**stem_config("conv_xiao_4gf"), "init": init})
+    *rest, proj = convs(stem)
+    for conv, rule in [*((c, body) for c in rest), (proj, last)]:
+        assert conv.weight.std().item() == pytest.approx(expected_std(conv, rule), rel=0.05), (conv, rule)
+    assert (proj.bias.abs().sum().item() == 0) == (init != "torch")
+
+
+@pytest.mark.parametrize("init,rule", [("pycls_2021", "sqrt(1/fan_in)"), ("pycls_2022", "sqrt(1/fan_in)"),
+                                       ("torch", TORCH_DEFAULT)])
+def test_patchify_init_versions(init, rule):
+    """pycls: truncated normal std sqrt(1/fan_in), zero bias, in both releases."""
+    torch.manual_seed(0)
+    p = ConvStem(224, 16, 3, 768, **{**stem_config("patchify"), "init": init})
+    assert p.proj.weight.std().item() == pytest.approx(expected_std(p.proj, rule), rel=0.05)
+    assert (p.proj.bias.abs().sum().item() == 0) == init.startswith("pycls")
+
+
+def test_unknown_init_names_the_versions():
+    with pytest.raises(ValueError, match=r"init='pycls' is not one of \('pycls_2021', 'pycls_2022', 'torch', 'timm'\)"):
+        ConvStem(224, 16, 3, 384, **{**stem_config("conv_xiao_4gf"), "init": "pycls"})
+
+
+def test_deit_and_big_vision_models_get_timms_init():
+    """DeiT-shaped patchify models: DeiT's init (timm '' mode: the patch conv at PyTorch's default), not pycls's;
+    the Wortsman (big_vision) models: timm's jax mode, lecun-normal = truncated at 2 std, std sqrt(1/fan_in)."""
+    torch.manual_seed(0)
+    deit = timm.create_model("deit_s_patchify", depth=1).patch_embed.proj
+    assert deit.weight.std().item() == pytest.approx(expected_std(deit, TORCH_DEFAULT), rel=0.05)
+    big_vision = timm.create_model("vit_s16", depth=1).patch_embed.proj
+    std = expected_std(big_vision, "sqrt(1/fan_in)")
+    assert big_vision.weight.std().item() == pytest.approx(std, rel=0.05)
+    assert big_vision.weight.abs().max().item() <= 2 * std / 0.87962566 + 1e-6  # pycls's would reach ~4.5 std
+    assert big_vision.bias.abs().sum().item() == 0
+
+
+def test_which_models_use_which_stem_init():
+    from vitstem.models import MODEL_NAMES, model_config
+
+    inits = {name: model_config(name)["stem"]["init"] for name in MODEL_NAMES}
+    assert {n for n, i in inits.items() if i == "timm"} == \
+        {"deit_b_patchify", "deit_s_patchify", "deit_ti_patchify", "vit_b16", "vit_b32", "vit_l16", "vit_s16",
+         "vit_s32", "vit_s8"}
+    assert {n for n, i in inits.items() if i == "torch"} == {f"deit_{s}_scaled_relu" for s in ("b", "s", "ti")}
+    assert all(inits[n] == "pycls_2021" for n in inits if n.startswith(("vit_p_", "vit_c_")))
 
 
 def test_stem_invariants_are_checked():
@@ -119,8 +174,6 @@ def test_a_layers_padding_is_used_and_must_keep_the_token_grid():
 
 def test_pycls_stem_init_survives_timm_vit_init():
     """timm's ViT init (jax mode for Xiao's models) runs first; the stem re-initialises itself after it."""
-    import timm
-
     torch.manual_seed(0)
     p, c = timm.create_model("vit_p_4gf"), timm.create_model("vit_c_4gf")
     assert p.patch_embed.proj.weight.std().item() == pytest.approx(math.sqrt(1 / 768), rel=0.02)

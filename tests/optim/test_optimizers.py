@@ -32,3 +32,17 @@ def test_optimizer_builds_and_steps(name):
     assert not torch.equal(before, model.weight)
     if name == "sgd":
         assert opt.defaults["nesterov"] and opt.defaults["momentum"] == 0.9
+    if name == "adamw":  # torch's fused kernel, on CPU too
+        assert opt.defaults["fused"] is True
+
+
+def test_weight_decay_scaled_by_schedule_is_not_multiplied_by_the_lr():
+    """big_vision (Wortsman): each step decays by wd x the schedule factor, here wd = 1e-4 whatever the lr."""
+    cfg = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "optimizer" / "adamw.yaml"))
+    cfg.update(lr=1e-3, ref_batch_size=4096, weight_decay=1e-4, weight_decay_scaled_by="schedule")
+    model = nn.Linear(4, 3, bias=False)
+    policy = {"decay": "all", "skip_1d": True, "skip": [], "multipliers": []}
+    for batch in (4096, 512):  # the lr scales with the batch; the decay per step must not
+        opt, _ = build_optimizer(model, cfg, policy, global_batch_size=batch)
+        group = opt.param_groups[0]
+        assert group["lr"] * group["weight_decay"] == pytest.approx(1e-4)

@@ -30,7 +30,7 @@ def lrs(scheduler: dict, steps_per_epoch: int, epochs: int) -> list[float]:
 
 
 COSINE = dict(decay="cosine", warmup=2, warmup_unit="epochs", warmup_start_factor=0.1, min_factor=0.01,
-              warmup_overlap=False, interval="step")
+              warmup_start_lr=None, min_lr=None, cooldown_epochs=0, warmup_overlap=False, interval="step")
 
 
 def test_cosine_per_step():
@@ -72,3 +72,20 @@ def test_interval_epoch_in_lightning(tmp_path):
     expected = [0.1 * base] * 2 + [base] * 2 + [0.5 * base] * 2  # 2 steps per epoch; cosine over epochs 1..2
     assert [int(r["step"]) for r in rows] == list(range(6))
     assert [float(r["train/lr"]) for r in rows] == pytest.approx(expected, rel=1e-6)
+
+
+def test_absolute_warmup_and_min_lr_replace_the_factors():
+    """DeiT: warm-up from lr 1e-6 and cosine to lr 1e-5, whatever the peak lr (BASE here)."""
+    cfg = {**COSINE, "warmup_start_lr": 1e-6, "min_lr": 1e-5}
+    lr = lrs(cfg, steps_per_epoch=10, epochs=10)
+    assert lr[0] == pytest.approx(1e-6) and lr[20] == pytest.approx(BASE)
+    assert lr[-1] == pytest.approx(1e-5 + (BASE - 1e-5) * 0.5 * (1 + math.cos(math.pi * 79 / 80)))
+
+
+def test_cooldown_epochs_hold_the_final_lr():
+    """The cosine ends cooldown_epochs early; those epochs train at the final lr (timm's cool-down)."""
+    cfg = {**COSINE, "cooldown_epochs": 3}
+    lr = lrs(cfg, steps_per_epoch=10, epochs=10)  # decay over 70 steps (20 warm-up), then 30 at the minimum
+    assert lr[69] > 0.01 * BASE and lr[70:] == pytest.approx([0.01 * BASE] * 30)
+    with pytest.raises(ValueError, match="cooldown_epochs=10 leaves no epoch"):
+        lrs({**cfg, "cooldown_epochs": 10}, steps_per_epoch=10, epochs=10)

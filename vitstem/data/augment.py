@@ -2,10 +2,14 @@
 
 One node, ``data.augment``, holds every augmentation switch (``conf/data/augment/*.yaml``):
 
+- ``scale``: the area range of ImageNet's random-resized crop (CIFAR crops with ``data.padding``).
 - ``hflip``: horizontal flip probability.
 - ``auto_augment``: ``null``, an AutoAugment policy (``v0``, ``original``) or a RandAugment string
   (``rand-m9-mstd0.5-inc1``), built by timm (:mod:`timm.data.auto_augment`).
 - ``color_jitter``: colour-jitter strength, or ``null`` (timm drops it when ``auto_augment`` is set).
+- ``lighting``: AlexNet-style PCA lighting noise (Krizhevsky et al. 2012; pycls ``TRAIN.PCA_STD``, 0.1 in
+  Xiao et al.'s recipe), :class:`Lighting`, added to the [0, 1] RGB image after the other augmentations and
+  before normalisation, as pycls does.
 - ``re_prob`` / ``re_mode``: random erasing (Zhong et al., 2017) probability and fill, timm's
   :class:`~timm.data.random_erasing.RandomErasing`.
 - ``num_repeats``: repeated augmentation (Hoffer et al., 2020; Berman et al., 2019; the DeiT recipe):
@@ -13,14 +17,16 @@ One node, ``data.augment``, holds every augmentation switch (``conf/data/augment
   :class:`~timm.data.distributed_sampler.RepeatAugSampler`, which shards over devices itself
   (:meth:`AugmentedDataModule.base_train_sampler`; made resumable like every training sampler).
 
-The random crop itself is the data set's (``data.padding`` for CIFAR, ``data.scale`` for ImageNet).
+The training transform is timm's (``timm.data.create_transform``); the data modules add their crop and the
+normalisation (``data.mean`` / ``data.std``).
 """
 from __future__ import annotations
 
+import torch
 from PIL import ImageOps
 from timm.data import auto_augment, create_transform
 from timm.data.distributed_sampler import RepeatAugSampler
-from torch.utils.data import Sampler
+from torch.utils.data import Dataset, Sampler
 from torchvision import transforms as T
 
 from vitstem.config import ConfigError
@@ -45,11 +51,31 @@ for _name, _op in list(auto_augment.NAME_TO_OP.items()):
         auto_augment.NAME_TO_OP[_name] = posterize
 
 
+class Lighting:
+    """PCA lighting noise on a (3, H, W) RGB tensor in [0, 1]: adds ``V (alpha * lambda)`` to every pixel,
+    ``alpha ~ N(0, std)`` per image, with the eigenvalues / eigenvectors of ImageNet's RGB covariance
+    (Krizhevsky et al. 2012; the constants of fb.resnet.torch and pycls)."""
+
+    EIGVAL = torch.tensor([0.2175, 0.0188, 0.0045])
+    EIGVEC = torch.tensor([[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140], [-0.5836, -0.6948, 0.4203]])
+
+    def __init__(self, std: float):
+        self.std = std
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        alpha = torch.randn(3) * self.std
+        return img + (self.EIGVEC @ (alpha * self.EIGVAL)).to(img.dtype).view(3, 1, 1)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(std={self.std})"
+
+
 def train_transform(img_size: int, augment: dict, primary: list | None = None, **kwargs) -> T.Compose:
     """``timm.data.create_transform(is_training=True)`` with the ``data.augment`` settings.
 
     ``primary`` replaces timm's random-resized crop and flip (CIFAR's pad-and-crop); auto-augment,
-    colour jitter, normalisation and random erasing stay timm's. ``kwargs`` go to ``create_transform``.
+    colour jitter, normalisation and random erasing stay timm's, :class:`Lighting` goes between the tensor
+    conversion and the normalisation. ``kwargs`` go to ``create_transform``.
     """
     for key in ("hflip", "re_prob"):
         if not 0 <= augment[key] <= 1:
@@ -57,27 +83,30 @@ def train_transform(img_size: int, augment: dict, primary: list | None = None, *
     if augment["num_repeats"] < 1:
         raise ConfigError(f"data.augment.num_repeats={augment['num_repeats']} must be >= 1 (1 = no repeated augmentation)")
     args = dict(input_size=img_size, is_training=True, hflip=augment["hflip"], auto_augment=augment["auto_augment"],
-                color_jitter=augment["color_jitter"], re_prob=augment["re_prob"], re_mode=augment["re_mode"], **kwargs)
+                color_jitter=augment["color_jitter"], re_prob=augment["re_prob"], re_mode=augment["re_mode"],
+                scale=tuple(augment["scale"]), **kwargs)
     try:
-        if primary is None:
-            return create_transform(**args)
-        _, secondary, final = create_transform(separate=True, **args)
+        timm_primary, secondary, final = create_transform(separate=True, **args)
     except (AssertionError, KeyError, ValueError) as e:
         raise ConfigError(f"data.augment.auto_augment={augment['auto_augment']!r}: timm cannot build it ({e!r}); use null, "
                           "an AutoAugment policy such as 'v0' or a RandAugment string such as 'rand-m9-mstd0.5-inc1'") from e
-    return T.Compose([*primary, *secondary.transforms, *final.transforms])
+    final = list(final.transforms)
+    if augment["lighting"]:
+        final.insert(1, Lighting(augment["lighting"]))  # final = [to tensor, normalise, (random erasing)]
+    primary = list(timm_primary.transforms) if primary is None else primary
+    return T.Compose([*primary, *secondary.transforms, *final])
 
 
 class AugmentedDataModule(ImageDataModule):
     """An :class:`ImageDataModule` with a ``data.augment`` node (repeated augmentation samples with timm's sampler)."""
 
-    def __init__(self, num_classes: int, img_size: int, loader: dict, augment: dict):
-        super().__init__(num_classes=num_classes, img_size=img_size, loader=loader)
+    def __init__(self, num_classes: int, img_size: int, loader: dict, augment: dict, holdout: float):
+        super().__init__(num_classes=num_classes, img_size=img_size, loader=loader, holdout=holdout)
         self.augment = dict(augment)
 
-    def base_train_sampler(self, world: int, rank: int) -> Sampler | None:
+    def base_train_sampler(self, dataset: Dataset, world: int, rank: int) -> Sampler | None:
         """timm's ``RepeatAugSampler`` with ``num_repeats > 1`` (it shards over ranks itself)."""
         if self.augment["num_repeats"] <= 1:
             return None
-        return RepeatAugSampler(self.train_set, num_replicas=world, rank=rank, shuffle=True,
+        return RepeatAugSampler(dataset, num_replicas=world, rank=rank, shuffle=True,
                                 num_repeats=self.augment["num_repeats"])

@@ -12,7 +12,7 @@ torchvision's (:class:`torchvision.datasets.CIFAR10` / ``CIFAR100``); the files 
 
 Training transform: random crop 32 with ``padding`` (4), the ``data.augment`` flip, then a resize to
 ``img_size`` when it is not 32 (so 224 px models train on CIFAR), timm's auto-augment, normalisation
-with the CIFAR mean / std, random erasing (:mod:`vitstem.data.augment`). Evaluation: resize (if not
+with the CIFAR mean / std (PCA lighting before it, if set), random erasing (:mod:`vitstem.data.augment`). Evaluation: resize (if not
 32 px) and normalise.
 """
 from __future__ import annotations
@@ -58,8 +58,8 @@ class CIFARDataModule(AugmentedDataModule):
 
     def __init__(self, name: str, root: str, download: bool, verify_checksums: bool, num_classes: int,
                  img_size: int, padding: int, interpolation: str, mean: list[float], std: list[float],
-                 loader: dict, augment: dict):
-        super().__init__(num_classes=num_classes, img_size=img_size, loader=loader, augment=augment)
+                 holdout: float, loader: dict, augment: dict):
+        super().__init__(num_classes=num_classes, img_size=img_size, loader=loader, augment=augment, holdout=holdout)
         if name not in VARIANTS:
             raise ConfigError(f"data.name={name!r}: must be one of {sorted(VARIANTS)}")
         self.spec, self.label_key = VARIANTS[name]

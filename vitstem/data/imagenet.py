@@ -20,9 +20,9 @@ Images are read with PIL as RGB. An unreadable file raises :class:`CorruptImageE
 with ``skip_corrupt=true``, is replaced by the next readable sample, logged and counted
 (:attr:`ImageNetDataModule.skipped`, a count of distinct files shared with the loader workers).
 
-Transforms are timm's (``timm.data.create_transform``): training random-resized crop (``scale``), the
-``data.augment`` flip / auto-augment / random erasing; evaluation resize to ``img_size / crop_pct`` and
-centre crop, with ``interpolation`` and the ImageNet mean / std.
+Transforms are timm's (``timm.data.create_transform``): training random-resized crop (``data.augment.scale``),
+the ``data.augment`` flip / auto-augment / lighting / random erasing; evaluation resize to
+``img_size / crop_pct`` and centre crop, with ``interpolation``; both normalise with ``mean`` / ``std``.
 """
 from __future__ import annotations
 
@@ -94,64 +94,88 @@ def _images(folder: Path, limit: int | None = None) -> list[str]:
     return files[:limit]
 
 
-def select_classes(wnids: list[str], num_classes: int, classes: list[str] | None) -> list[str]:
+# The names the scan's errors give the settings: the config keys of ``data=imagenet``; vitstem-shard names its options.
+CONFIG_KEYS = {"who": "imagenet", "root": "data.root", "num_classes": "data.num_classes", "classes": "data.classes",
+               "max_per_class": "data.max_per_class", "how": HOW_TO_GET}
+
+
+def select_classes(wnids: list[str], num_classes: int, classes: list[str] | None, keys: dict = CONFIG_KEYS) -> list[str]:
     """The classes to use: ``classes`` if given, else ``num_classes`` evenly spaced ``wnids`` (module docstring)."""
     if classes is not None:
         if len(classes) != num_classes or len(set(classes)) != len(classes):
-            raise ConfigError(f"data.classes has {len(classes)} entries ({len(set(classes))} distinct) but "
-                              f"data.num_classes={num_classes}: list each class once and set "
-                              f"data.num_classes={len(set(classes))}")
+            raise ConfigError(f"{keys['classes']} has {len(classes)} entries ({len(set(classes))} distinct) but "
+                              f"{keys['num_classes']}={num_classes}: list each class once and set "
+                              f"{keys['num_classes']}={len(set(classes))}")
         return list(classes)
     n = len(wnids)
     if not 1 <= num_classes <= n:
-        raise ConfigError(f"data.num_classes={num_classes}: the train folder has {n} class folders; use 1..{n}")
+        raise ConfigError(f"{keys['num_classes']}={num_classes}: the train folder has {n} class folders; use 1..{n}")
     return [wnids[i * n // num_classes] for i in range(num_classes)]
+
+
+def _scan_split(split_dir: Path, classes: list[str], limit: int | None, keys: dict) -> list[tuple[str, int]]:
+    samples = []
+    for label, wnid in enumerate(classes):
+        files = _images(split_dir / wnid, limit)
+        if not files:
+            raise ConfigError(f"{keys['who']}: class folder {split_dir / wnid} holds no images "
+                              f"({', '.join(IMG_EXTENSIONS)}); "
+                              f"add its images, delete the folder in both train/ and val/, or leave the class out "
+                              f"with {keys['classes']} / {keys['num_classes']}")
+        samples += [(f, label) for f in files]
+    return samples
+
+
+def scan_imagefolder(root: str | Path, num_classes: int | None, classes: list[str] | None, max_per_class: int | None,
+                     keys: dict = CONFIG_KEYS) -> tuple[list[str], list[tuple[str, int]], list[tuple[str, int]]]:
+    """``(classes, train samples, val samples)`` of the wnid folders under ``root`` (rules: module docstring);
+    ``num_classes=None`` takes every class folder. Samples are ``(path, label)`` in class, then file-name order.
+    Raises :class:`ConfigError` naming the folder and the setting (``keys``: the setting names to use)."""
+    root = Path(root)
+    train_dir, val_dir = root / "train", root / "val"
+    for d in (train_dir, val_dir):
+        if not d.is_dir():
+            raise ConfigError(f"{keys['who']}: no folder {d} ({keys['root']}={root}). {keys['how']}")
+    wnids, val_wnids = _subdirs(train_dir), _subdirs(val_dir)
+    if wnids != val_wnids:
+        only_train, only_val = sorted(set(wnids) - set(val_wnids)), sorted(set(val_wnids) - set(wnids))
+        raise ConfigError(f"{keys['who']}: {train_dir} and {val_dir} hold different class folders (only in train: "
+                          f"{only_train[:5]}{' ...' if len(only_train) > 5 else ''}, only in val: {only_val[:5]}"
+                          f"{' ...' if len(only_val) > 5 else ''}); both need the same wnid folders")
+    if num_classes is None:
+        num_classes = len(classes) if classes is not None else len(wnids)
+    selected = select_classes(wnids, num_classes, classes, keys)
+    if unknown := sorted(set(selected) - set(wnids)):
+        raise ConfigError(f"{keys['classes']}: {unknown} are not class folders of {train_dir}")
+    if max_per_class is not None and max_per_class < 1:
+        raise ConfigError(f"{keys['max_per_class']}={max_per_class} must be >= 1, or null for all images")
+    return selected, _scan_split(train_dir, selected, max_per_class, keys), _scan_split(val_dir, selected, None, keys)
+
+
+def imagenet_transforms(img_size: int, augment: dict, interpolation: str, crop_pct: float, mean: list[float],
+                        std: list[float], who: str = "imagenet") -> tuple:
+    """``(train, eval)`` transforms of ImageNet images (module docstring), shared by the folder and shard modules."""
+    try:
+        norm = dict(mean=tuple(mean), std=tuple(std))
+        train = train_transform(img_size, augment, interpolation=interpolation, **norm)
+        evaluate = create_transform(img_size, is_training=False, interpolation=interpolation, crop_pct=crop_pct, **norm)
+    except (AssertionError, KeyError, ValueError, TypeError) as e:
+        raise ConfigError(f"{who}: bad transform setting (data.augment.scale={augment['scale']}, "
+                          f"data.interpolation={interpolation}, data.crop_pct={crop_pct}): {e!r}") from e
+    return train, evaluate
 
 
 class ImageNetDataModule(AugmentedDataModule):
     """``data=imagenet``: wnid image folders under ``root`` (see the module docstring)."""
 
     def __init__(self, root: str, num_classes: int, img_size: int, classes: list[str] | None,
-                 max_per_class: int | None, skip_corrupt: bool, scale: list[float], interpolation: str,
-                 crop_pct: float, loader: dict, augment: dict):
-        super().__init__(num_classes=num_classes, img_size=img_size, loader=loader, augment=augment)
+                 max_per_class: int | None, skip_corrupt: bool, interpolation: str, crop_pct: float,
+                 mean: list[float], std: list[float], holdout: float, loader: dict, augment: dict):
+        super().__init__(num_classes=num_classes, img_size=img_size, loader=loader, augment=augment, holdout=holdout)
         self.root, self.skip_corrupt = Path(root), skip_corrupt
-        train_dir, val_dir = self.root / "train", self.root / "val"
-        for d in (train_dir, val_dir):
-            if not d.is_dir():
-                raise ConfigError(f"imagenet: no folder {d} (data.root={root}). {HOW_TO_GET}")
-        wnids, val_wnids = _subdirs(train_dir), _subdirs(val_dir)
-        if wnids != val_wnids:
-            only_train, only_val = sorted(set(wnids) - set(val_wnids)), sorted(set(val_wnids) - set(wnids))
-            raise ConfigError(f"imagenet: {train_dir} and {val_dir} hold different class folders (only in train: "
-                              f"{only_train[:5]}{' ...' if len(only_train) > 5 else ''}, only in val: {only_val[:5]}"
-                              f"{' ...' if len(only_val) > 5 else ''}); both need the same wnid folders")
-        self.classes = select_classes(wnids, num_classes, classes)
-        if unknown := sorted(set(self.classes) - set(wnids)):
-            raise ConfigError(f"data.classes: {unknown} are not class folders of {train_dir}")
-        if max_per_class is not None and max_per_class < 1:
-            raise ConfigError(f"data.max_per_class={max_per_class} must be >= 1, or null for all images")
-        self.train_samples = self._scan(train_dir, max_per_class)
-        self.val_samples = self._scan(val_dir, None)
-        try:
-            self.train_transform = train_transform(img_size, self.augment, scale=tuple(scale), interpolation=interpolation)
-            self.eval_transform = create_transform(img_size, is_training=False, interpolation=interpolation,
-                                                   crop_pct=crop_pct)
-        except (AssertionError, KeyError, ValueError, TypeError) as e:
-            raise ConfigError(f"imagenet: bad transform setting (data.scale={scale}, data.interpolation={interpolation}, "
-                              f"data.crop_pct={crop_pct}): {e!r}") from e
-
-    def _scan(self, split_dir: Path, limit: int | None) -> list[tuple[str, int]]:
-        samples = []
-        for label, wnid in enumerate(self.classes):
-            files = _images(split_dir / wnid, limit)
-            if not files:
-                raise ConfigError(f"imagenet: class folder {split_dir / wnid} holds no images "
-                                  f"({', '.join(IMG_EXTENSIONS)}); "
-                                  f"add its images, delete the folder in both train/ and val/, or leave the class out "
-                                  f"with data.classes / data.num_classes")
-            samples += [(f, label) for f in files]
-        return samples
+        self.classes, self.train_samples, self.val_samples = scan_imagefolder(root, num_classes, classes, max_per_class)
+        self.train_transform, self.eval_transform = imagenet_transforms(img_size, self.augment, interpolation, crop_pct,
+                                                                        mean, std)
 
     def setup(self, stage: str | None = None) -> None:
         if not hasattr(self, "train_set"):  # keep the counters of skipped files across setup calls

@@ -14,18 +14,23 @@ scene):
   and two colours (foreground and background) drawn independently and uniformly in RGB. The mean
   colour of an image therefore carries no information about its class; a model has to see the shape.
 - Gaussian pixel noise (std ``noise``) is added; pixels are clipped to [0, 1] and normalised with
-  mean 0.5 and std 0.25.
+  ``data.mean`` and ``data.std`` (0.5 and 0.25).
+
+The images are not augmented: a recipe's ``data.augment`` (an experiment's) is reported once and ignored.
 
 Labels are balanced: image ``i`` has class ``i % num_classes``.
 """
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
 from torch.utils.data import Dataset
 
 from vitstem.data.base import ImageDataModule
+
+log = logging.getLogger("vitstem")
 
 NUM_PATTERNS = 10
 _SPLIT_SALT = {"train": 0, "val": 1}
@@ -54,7 +59,7 @@ def _mask(pattern: int, y: torch.Tensor, x: torch.Tensor, scale: float, freq: fl
 
 
 def render(index: int, label: int, num_classes: int, img_size: int, seed: int, split: str, noise: float) -> torch.Tensor:
-    """Render image ``index`` of ``split`` as a normalised float tensor of shape (3, img_size, img_size)."""
+    """Render image ``index`` of ``split`` as a float tensor in [0, 1] of shape (3, img_size, img_size)."""
     g = torch.Generator().manual_seed(((seed * 2 + _SPLIT_SALT[split]) << 32) + index)
     u = torch.rand(12, generator=g).tolist()
     pattern, band = label % NUM_PATTERNS, label // NUM_PATTERNS
@@ -74,15 +79,17 @@ def render(index: int, label: int, num_classes: int, img_size: int, seed: int, s
     bg = torch.tensor(u[9:12]).view(3, 1, 1)
     img = bg + m * (fg - bg)
     img = img + noise * torch.randn(3, img_size, img_size, generator=g)
-    return (img.clamp_(0, 1) - 0.5) / 0.25
+    return img.clamp_(0, 1)
 
 
 class SyntheticImages(Dataset):
     """``size`` procedurally rendered images of one split (see the module docstring)."""
 
-    def __init__(self, size: int, num_classes: int, img_size: int, seed: int, split: str, noise: float):
+    def __init__(self, size: int, num_classes: int, img_size: int, seed: int, split: str, noise: float,
+                 mean: list[float], std: list[float]):
         self.size, self.num_classes, self.img_size = size, num_classes, img_size
         self.seed, self.split, self.noise = seed, split, noise
+        self.mean, self.std = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
 
     def __len__(self) -> int:
         return self.size
@@ -90,20 +97,26 @@ class SyntheticImages(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         label = index % self.num_classes
         img = render(index, label, self.num_classes, self.img_size, self.seed, self.split, self.noise)
-        return img, label
+        return (img - self.mean) / self.std, label
 
 
 class SyntheticDataModule(ImageDataModule):
     """The default data set: deterministic procedural shapes, ``num_classes`` classes, any image size."""
 
     def __init__(self, num_classes: int, img_size: int, train_size: int, val_size: int, seed: int,
-                 noise: float, loader: dict):
-        super().__init__(num_classes=num_classes, img_size=img_size, loader=loader)
+                 noise: float, mean: list[float], std: list[float], holdout: float, loader: dict, augment: dict):
+        super().__init__(num_classes=num_classes, img_size=img_size, loader=loader, holdout=holdout)
         if img_size < 8:
             raise ValueError(f"data.img_size={img_size}: the synthetic data set renders images of 8 px or more")
         self.train_size, self.val_size, self.seed, self.noise = train_size, val_size, seed, noise
+        self.mean, self.std = mean, std
+        if augment["auto_augment"] or augment["lighting"] or augment["re_prob"] or augment["num_repeats"] > 1:
+            log.info("synthetic data: the recipe's augmentation (data.augment: auto_augment=%s, lighting=%s, re_prob=%s, "
+                     "num_repeats=%s) is not applied; it takes effect with data=imagenet|cifar10|cifar100",
+                     augment["auto_augment"], augment["lighting"], augment["re_prob"], augment["num_repeats"])
 
     def setup(self, stage: str | None = None) -> None:
-        args = dict(num_classes=self.num_classes, img_size=self.img_size, seed=self.seed, noise=self.noise)
+        args = dict(num_classes=self.num_classes, img_size=self.img_size, seed=self.seed, noise=self.noise,
+                    mean=self.mean, std=self.std)
         self.train_set = SyntheticImages(self.train_size, split="train", **args)
         self.val_set = SyntheticImages(self.val_size, split="val", **args)

@@ -6,14 +6,35 @@ projection conv to the embedding width; the named presets live in ``conf/model/s
 
 - ``patchify``: no layers, projection kernel = stride = patch size, with bias (ViT, Dosovitskiy et al.).
 - ``conv_xiao_*``: Xiao et al. 2021 (arXiv 2106.14881), Table 1 / section 3: 3x3 convs (no bias), each
-  followed by BatchNorm then ReLU, then a 1x1 conv with bias to width d.
-- ``scaled_relu*``: Wang et al. 2022 (arXiv 2109.03810): 7x7 stride-2 conv, two 3x3 convs, each with
-  BN -> ReLU ("scaled ReLU"), then a projection conv with kernel = stride = patch/2; and its ablations.
+  followed by BatchNorm then ReLU, then a 1x1 conv with bias to width d; ``conv_xiao_4gf_s*``: Table 3.
+- ``scaled_relu*``: for Wang et al. 2022 (arXiv 2109.03810). The paper states that the BatchNorm -> ReLU
+  ("scaled ReLU") inside a conv stem is what stabilises training, and ablates its components and the
+  stem's stride; it does not give the stem's layers (no code was released). The layers are *our reading*:
+  VOLO's stem (timm ``volo.py`` ``PatchEmbed(stem_conv=True)``, as later code of the authors' group
+  builds it): 7x7 stride-2 conv, two 3x3 convs, 64 channels, each with BN -> ReLU, then a projection
+  conv with kernel = stride = patch/2. The ablation presets (no BN, no ReLU, neither, LayerNorm) are our
+  reading of the components the paper studies.
 
-Initialisation (``init``): ``pycls`` reproduces Xiao's code (pycls ``init_weights_vit``): a patchify
-conv gets a truncated normal with std sqrt(1/fan_in) and zero bias, the final 1x1 of a conv stem a
-normal with std sqrt(2/out_channels) and zero bias, the 3x3 convs and norms PyTorch's defaults.
-``torch`` keeps PyTorch's default init for every layer (what timm and DeiT-based code such as Wang's do).
+Initialisation (``init``), applied by the stem after timm's ViT init:
+
+- ``pycls_2021``: Xiao et al.'s code as first released, pycls commit d74b462 (7 July 2021,
+  ``pycls/models/vit.py::init_weights_vit``), the paper's time: the 3x3 convs keep PyTorch's default
+  init; the last 1x1 conv N(0, sqrt(2 / out_channels)), zero bias.
+- ``pycls_2022``: pycls commit 8709e4f (14 March 2022, "Add VitConv configs"): the 3x3 convs
+  N(0, sqrt(2 / out_channels)); the last 1x1 conv N(0, sqrt(1 / out_channels)), zero bias.
+
+  Which of the two the paper's runs used is not stated. In both, a patchify conv is truncated-normal with
+  std sqrt(1 / fan_in) (fan_in = in_channels x kernel^2; torch's bounds +-2 absolute) and zero bias, and
+  BatchNorm keeps PyTorch's default. "out_channels" is the conv's output channels only, not x kernel^2.
+  Verified with ``git show d74b462:pycls/models/vit.py`` and ``git show 8709e4f:...`` in
+  facebookresearch/pycls. pycls's conv stem hard-codes kernel 3 for every conv but the last, so the
+  Table 3 stems (2x2 ... 16x16 convs) were not in its code; here the 3x3 rule applies to every conv
+  before the projection.
+- ``torch``: PyTorch's default init for every layer of the stem, whatever the ViT's ``weight_init``
+  (VOLO's code, which the ``scaled_relu`` stem follows, leaves its convs at PyTorch's default).
+- ``timm``: the stem is left to timm's ViT init (``model.weight_init``): ``''`` keeps PyTorch's default
+  (DeiT's code, timm's ViT of its time), ``jax`` gives convs lecun-normal weights and zero bias
+  (big_vision's Flax default for the patch embedding, Wortsman et al.).
 """
 from __future__ import annotations
 
@@ -27,7 +48,7 @@ from timm.layers import LayerNorm2d, PatchEmbed
 
 NORM_LAYERS = {"batchnorm": nn.BatchNorm2d, "layernorm": LayerNorm2d, "none": None}
 ACT_LAYERS = {"relu": nn.ReLU, "gelu": nn.GELU, "hardswish": nn.Hardswish, "none": None}
-INITS = ("pycls", "torch")
+INITS = ("pycls_2021", "pycls_2022", "torch", "timm")
 
 
 def _choice(table: dict, value: str, what: str) -> type[nn.Module] | None:
@@ -55,6 +76,12 @@ def _side(size: int, convs: list[tuple[int, int, int]]) -> int:
     return size
 
 
+def first_conv(layers: Sequence[dict], proj_norm: str = "none", proj_act: str = "none") -> str:
+    """The name of a ViT's first conv (timm's ``first_conv``) when its stem is a :class:`ConvStem` with these
+    settings: the projection alone is ``proj`` itself, else ``proj`` is a ``Sequential``."""
+    return "patch_embed.proj" if not layers and proj_norm == "none" and proj_act == "none" else "patch_embed.proj.0"
+
+
 class ConvStem(PatchEmbed):
     """A stem given as data: ``layers`` of (kernel, stride, channels[, padding, norm, act]) then a projection.
 
@@ -69,6 +96,7 @@ class ConvStem(PatchEmbed):
     side. Subclassing timm's ``PatchEmbed`` keeps its token grid bookkeeping and output formats; only
     ``proj`` is replaced.
     """
+    __jit_unused_properties__ = ["projection"]  # torch.jit.script compiles forward only
 
     def __init__(
         self,
@@ -104,7 +132,8 @@ class ConvStem(PatchEmbed):
                 f"stem strides {strides} and proj_stride={proj_stride} multiply to {layer_stride * proj_stride}, "
                 f"not patch_size={patch_size}: change the strides or model.patch_size")
         if init not in INITS:
-            raise ValueError(f"stem init={init!r} is not one of {INITS}")
+            raise ValueError(f"stem init={init!r} is not one of {INITS} (pycls_2021 / pycls_2022: pycls commits "
+                             "d74b462 / 8709e4f; see vitstem/models/stems.py)")
         dd = dict(device=device, dtype=dtype)
         super().__init__(img_size, patch_size, in_chans, embed_dim, bias=bias, **dd, **patch_embed_kwargs)
         self.init = init
@@ -137,15 +166,22 @@ class ConvStem(PatchEmbed):
     @torch.no_grad()
     def init_weights(self) -> None:
         """Initialise as ``self.init`` says (see module docstring); timm's ViT init calls this."""
-        convs = [m for m in self.proj.modules() if isinstance(m, nn.Conv2d)]
+        if self.init == "timm" or self.projection.weight.device.type == "meta":
+            return
         for m in self.proj.modules():
             if hasattr(m, "reset_parameters"):
                 m.reset_parameters()
-        if self.init == "pycls" and convs[-1].weight.device.type != "meta":
-            last = convs[-1]
-            if len(convs) == 1:  # patchify
-                fan_in = last.in_channels * last.kernel_size[0] * last.kernel_size[1]
-                nn.init.trunc_normal_(last.weight, std=math.sqrt(1.0 / fan_in))
-            else:
-                nn.init.normal_(last.weight, mean=0.0, std=math.sqrt(2.0 / last.out_channels))
+        if self.init == "torch":
+            return
+        *body, last = [m for m in self.proj.modules() if isinstance(m, nn.Conv2d)]
+        if not body:  # patchify: the same in both pycls versions
+            fan_in = last.in_channels * last.kernel_size[0] * last.kernel_size[1]
+            nn.init.trunc_normal_(last.weight, std=math.sqrt(1.0 / fan_in))
+        else:
+            if self.init == "pycls_2022":
+                for conv in body:
+                    nn.init.normal_(conv.weight, mean=0.0, std=math.sqrt(2.0 / conv.out_channels))
+            gain = 2.0 if self.init == "pycls_2021" else 1.0
+            nn.init.normal_(last.weight, mean=0.0, std=math.sqrt(gain / last.out_channels))
+        if last.bias is not None:
             nn.init.zeros_(last.bias)

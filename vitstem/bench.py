@@ -1,0 +1,253 @@
+"""``vitstem-bench``: steady-state training step time of vitstem's own path against a plain PyTorch loop.
+
+    vitstem-bench                                        # the default run's model and batch, on this machine
+    vitstem-bench model=vit_s16 data.loader.batch_size=256 trainer=gpu --attention softmax relu --compile off on
+    vitstem-bench --startup                              # seconds to answer --help, --cfg job and a config error
+
+Both sides train the model ``vitstem-train <overrides>`` would build, on one batch held in device memory
+(no loader, no augmentation), with the same optimizer and parameter groups, lr schedule, loss, precision,
+gradient clipping, mixup and EMA:
+
+- **vitstem**: the Lightning module and trainer as ``vitstem.train.build`` makes them (loggers, progress bar,
+  metrics and callbacks included; the periodic checkpoint is off, as disk writes are not step time);
+- **plain**: a hand-written loop: forward, loss, backward, clip, step, zero_grad, scheduler, EMA.
+
+A step is the time between consecutive step ends (the device synchronised there), after ``--warmup`` steps
+(compilation, allocator warm-up). The two alternate ``--rounds`` times in this process; the figure of each is
+the median step over its rounds. Writes JSON (device, versions, settings, every round) and a Markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+DEFAULT_OUT = Path("benchmarks/results/bench.json")
+
+
+def _sync(device) -> None:
+    import torch
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def compose(overrides: list[str]):
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from vitstem.paths import CONF_DIR
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="vitstem_bench"):
+        cfg = hydra_compose("train", overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+def one_batch(cfg, device):
+    """A fixed training batch of the data set's shape, in device memory."""
+    import torch
+    n, size, classes = cfg.data.loader.batch_size, cfg.model.img_size, cfg.data.num_classes
+    g = torch.Generator().manual_seed(0)
+    return (torch.randn(n, 3, size, size, generator=g).to(device),
+            torch.randint(0, classes, (n,), generator=g).to(device))
+
+
+class Repeat:
+    """A loader of ``n`` times the same batch (Lightning reads a list as several loaders)."""
+
+    def __init__(self, batch, n: int):
+        self.batch, self.n = batch, n
+
+    def __iter__(self):
+        return (self.batch for _ in range(self.n))
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def time_vitstem(cfg, steps: int, warmup: int) -> list[float]:
+    """Step times of ``steps`` steps of vitstem's path (after ``warmup``), trained on one batch in memory."""
+    import lightning as L
+    from omegaconf import open_dict
+    from vitstem.train import build
+
+    with open_dict(cfg), tempfile.TemporaryDirectory() as tmp:
+        cfg.run_dir = tmp
+        cfg.trainer.max_epochs, cfg.trainer.limit_train_batches, cfg.trainer.limit_val_batches = 1, steps + warmup, 0
+        cfg.callbacks.checkpoint.every_n_steps = None
+        datamodule, module, trainer = build(cfg)
+        stamps: list[float] = []
+
+        class Stamp(L.Callback):
+            def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+                _sync(pl_module.device)
+                stamps.append(time.perf_counter())
+
+        trainer.callbacks.append(Stamp())
+        batch = one_batch(cfg, trainer.strategy.root_device)
+        datamodule.setup = lambda stage=None: None
+        datamodule.holdout, datamodule.train_set = 0.0, [None] * (cfg.data.loader.batch_size * (steps + warmup))
+        datamodule.train_dataloader = lambda: Repeat(batch, steps + warmup)
+        datamodule.val_dataloader = lambda: []
+        trainer.fit(module, datamodule=datamodule)
+    return [b - a for a, b in zip(stamps[warmup:], stamps[warmup + 1:])]
+
+
+def time_plain(cfg, steps: int, warmup: int) -> list[float]:
+    """Step times of the same training in a hand-written loop."""
+    import hydra
+    import torch
+    from omegaconf import OmegaConf
+    from timm.utils import ModelEmaV3
+    from vitstem.loss import init_head_bias
+    from vitstem.module import create_model
+    from vitstem.optim import build_optimizer, build_scheduler, fit_warmup
+
+    device = torch.device("cuda" if cfg.trainer.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
+                          else "cpu")
+    group = lambda k: OmegaConf.to_container(cfg[k], resolve=True)  # noqa: E731
+    model = create_model(group("model"), cfg.data.num_classes, cfg.model.img_size).to(device)
+    loss_cfg = group("loss")
+    init_head_bias(model, loss_cfg.pop("head_bias_init"))
+    criterion = hydra.utils.instantiate(loss_cfg)
+    mixup = hydra.utils.instantiate(group("mixup"), num_classes=cfg.data.num_classes) if cfg.mixup else None
+    ema = ModelEmaV3(model, decay=0.9999) if cfg.ema else None
+    if cfg.compile:
+        model.compile()
+    batch = cfg.data.loader.batch_size
+    optimizer, _ = build_optimizer(model, group("optimizer"), group("weight_decay"), batch)
+    schedule = build_scheduler(optimizer, fit_warmup(group("scheduler"), steps + warmup, 1), steps + warmup, 1)["scheduler"]
+    precision = str(cfg.trainer.precision)
+    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+    autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
+    clip = cfg.trainer.gradient_clip_val
+    x, y = one_batch(cfg, device)
+    stamps = []
+    model.train()
+    for step in range(steps + warmup):
+        xb, yb = mixup(x, y) if mixup is not None else (x, y)
+        with autocast():
+            loss = criterion(model(xb), yb)
+        loss.backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        schedule.step()
+        if ema is not None:
+            ema.update(model, step=step)
+        _sync(device)
+        stamps.append(time.perf_counter())
+    return [b - a for a, b in zip(stamps[warmup:], stamps[warmup + 1:])]
+
+
+def flops_per_image(cfg) -> float | None:
+    """Training FLOPs of one image (3 x the forward's multiply-adds x 2), counted on the meta device."""
+    import timm
+    import torch
+    from vitstem.models.complexity import count_macs
+    from omegaconf import OmegaConf
+
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    name = model_cfg.pop("name")
+    with torch.device("meta"):
+        model = timm.create_model(name, **{**model_cfg, "num_classes": cfg.data.num_classes})
+    return 3 * 2 * count_macs(model, cfg.model.img_size)
+
+
+def environment() -> dict:
+    import lightning
+    import timm
+    import torch
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return dict(device=gpu or f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+                python=platform.python_version(), torch=torch.__version__, lightning=lightning.__version__,
+                timm=timm.__version__, platform=platform.platform(), time=time.strftime("%Y-%m-%d %H:%M:%S"))
+
+
+def bench(overrides: list[str], attentions: list[str], compiles: list[str], steps: int, warmup: int,
+          rounds: int) -> list[dict]:
+    rows = []
+    for attention in attentions:
+        for comp in compiles:
+            extra = ([f"model/attention={attention}"] if attention else []) + [f"compile={comp == 'on'}"]
+            cfg = compose([*overrides, *extra])
+            times = {"vitstem": [], "plain": []}
+            for _ in range(rounds):
+                times["vitstem"].append(statistics.median(time_vitstem(compose([*overrides, *extra]), steps, warmup)))
+                times["plain"].append(statistics.median(time_plain(cfg, steps, warmup)))
+            v, p = statistics.median(times["vitstem"]), statistics.median(times["plain"])
+            batch = cfg.data.loader.batch_size
+            rows.append(dict(model=cfg.model.name, attention=cfg.model.attention.activation, compile=comp == "on",
+                             batch=batch, img_size=cfg.model.img_size, precision=str(cfg.trainer.precision),
+                             vitstem_step_ms=round(1e3 * v, 3), plain_step_ms=round(1e3 * p, 3),
+                             ratio=round(v / p, 4), vitstem_images_per_s=round(batch / v, 1),
+                             plain_images_per_s=round(batch / p, 1), train_tflop_per_image=flops_per_image(cfg) / 1e12,
+                             rounds={k: [round(1e3 * t, 3) for t in ts] for k, ts in times.items()}))
+            print(f"{rows[-1]['model']} {rows[-1]['attention']} compile={comp}: vitstem {rows[-1]['vitstem_step_ms']} ms, "
+                  f"plain {rows[-1]['plain_step_ms']} ms, ratio {rows[-1]['ratio']}", flush=True)
+    return rows
+
+
+def startup(repeats: int = 3) -> dict:
+    """Seconds for ``vitstem-train`` to answer ``--help``, ``--cfg job`` and a configuration error (best of N)."""
+    cases = {"--help": ["--help"], "--cfg job": ["--cfg", "job"], "config error": ["optimizer.lr=abc"]}
+    out = {}
+    for name, args in cases.items():
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "vitstem.train", *args], capture_output=True, text=True)
+            best = min(best, time.perf_counter() - start)
+        out[name] = round(best, 2)
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import hydra, omegaconf"], capture_output=True)
+    out["hydra + omegaconf import"] = round(time.perf_counter() - start, 2)
+    return out
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| model | attention | compile | batch | precision | vitstem ms/step | plain ms/step | ratio | vitstem images/s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['model']} | {r['attention']} | {r['compile']} | {r['batch']} | {r['precision']} | "
+              f"{r['vitstem_step_ms']} | {r['plain_step_ms']} | {r['ratio']} | {r['vitstem_images_per_s']} |" for r in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="vitstem-bench", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="vitstem-train overrides (key=value) choose the model, batch, precision ...")
+    parser.add_argument("overrides", nargs="*", help="vitstem-train overrides")
+    parser.add_argument("--attention", nargs="+", default=[""], metavar="OPTION",
+                        help="model/attention options to compare (default: the model's own)")
+    parser.add_argument("--compile", nargs="+", default=["off"], choices=["off", "on"])
+    parser.add_argument("--steps", type=int, default=30, help="timed steps per round")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    parser.add_argument("--rounds", type=int, default=3, help="alternations of vitstem and plain")
+    parser.add_argument("--startup", action="store_true", help="time vitstem-train's start-up only")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON file to write")
+    args = parser.parse_args(argv)
+    if args.startup:
+        result = dict(startup_s=startup(), **environment())
+        print(json.dumps(result["startup_s"], indent=1))
+    else:
+        rows = bench(args.overrides, args.attention, args.compile, args.steps, args.warmup, args.rounds)
+        result = dict(overrides=args.overrides, steps=args.steps, warmup=args.warmup, rounds=args.rounds,
+                      results=rows, **environment())
+        print(markdown(rows))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
