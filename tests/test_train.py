@@ -77,6 +77,8 @@ def parent_choice(group: str) -> list[str]:
     """For a nested group (``data/augment``), a parent option whose defaults list includes it."""
     if "/" not in group or group.startswith("hydra/"):  # Hydra's own groups (hydra/launcher) need no parent
         return []
+    if f"- {group}:" in (CONF_DIR / "train.yaml").read_text():  # chosen by the root config itself (data/augment)
+        return []
     parent, child = group.rsplit("/", 1)
     for option in sorted((CONF_DIR / parent).glob("*.yaml")):
         if f"{child}:" in option.read_text():

@@ -191,7 +191,8 @@ def attention_weights(attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, b
     activation = getattr(attn, "activation", "softmax")
     if activation == "softmax":
         return scores.softmax(-1), True
-    return ACTIVATIONS[activation](scores) * N ** -attn.alpha, False
+    h = getattr(attn, "act", None) or ACTIVATIONS[activation]  # the layer's own h, else the registry's (a module class)
+    return (h() if isinstance(h, type) else h)(scores) * float(N) ** -attn.alpha, False
 
 
 def softmax_entropy(weights: torch.Tensor) -> torch.Tensor:
