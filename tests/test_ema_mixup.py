@@ -9,7 +9,7 @@ import lightning as L
 import pytest
 import torch
 from omegaconf import open_dict
-from timm.loss import SoftTargetCrossEntropy
+from vitstem.loss import SoftmaxCrossEntropy
 
 from tests.helpers import TINY, compose_config, train
 from vitstem.module import ema_decay
@@ -96,7 +96,7 @@ def test_no_ema_no_mixup(tmp_path):
     _, module, _ = build_tiny([], tmp_path)
     assert module.ema is None and module.mixup is None and list(module.acc1) == ["val"]
     _, module, _ = build_tiny(["mixup=deit"], tmp_path)
-    assert isinstance(module.train_criterion, SoftTargetCrossEntropy)
+    assert module.mixup is not None and isinstance(module.criterion, SoftmaxCrossEntropy)  # takes the soft targets
 
 
 def test_compile_switch_keeps_parameter_names(tmp_path):
