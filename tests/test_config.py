@@ -32,6 +32,7 @@ STEM = "model.stem.layers=[{kernel: 3, stride: 4, channels: 8}]"  # one stride-4
     (["trainer.num_nodes=0"], "trainer.num_nodes=0 must be at least 1"),
     (["trainer.accumulate_grad_batches=0"], "trainer.accumulate_grad_batches=0 must be at least 1"),
     (["trainer.precision=17"], "trainer.precision=17 must be 64, 32, 16, "),
+    (["trainer.gradient_clip_val=1.0", "trainer.precision=16-mixed"], "cannot clip a fused optimizer's scaled gradients"),
     (["trainer.gradient_clip_val=-1"], "trainer.gradient_clip_val=-1 must be at least 0"),
     (["trainer.log_every_n_steps=0"], "trainer.log_every_n_steps=0 must be at least 1"),
     (["trainer.limit_train_batches=0"], "trainer.limit_train_batches=0 must be positive"),

@@ -320,5 +320,9 @@ def validate(cfg: DictConfig) -> None:
              f"callbacks.stability.spike_warmup={stability and stability.spike_warmup} is larger than "
              f"callbacks.stability.spike_window={stability and stability.spike_window}: no spike could ever be found; "
              "lower the warm-up or widen the window")
+    _require(not (cfg.trainer.gradient_clip_val and str(cfg.trainer.precision) in ("16-mixed", "16") and
+                  cfg.optimizer.get("fused")), f"trainer.gradient_clip_val={cfg.trainer.gradient_clip_val} with "
+             f"trainer.precision={cfg.trainer.precision} cannot clip a fused optimizer's scaled gradients: set "
+             "optimizer.fused=false, or use trainer.precision=bf16-mixed")
     _require(not cfg.ema or cfg.ema.decay is not None or cfg.ema.horizon is not None,
              "ema.decay and ema.horizon are both null: set one (a fixed per-step decay, or the EMA's share of the run)")

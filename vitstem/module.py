@@ -102,6 +102,15 @@ class Classifier(L.LightningModule):
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
         return loss
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Lightning refuses to clip for a fused optimizer under mixed precision, since with fp16 it would clip
+        scaled gradients; bf16 has no gradient scaler, so clip as in full precision."""
+        if gradient_clip_val and optimizer.defaults.get("fused") and self.trainer.precision == "bf16-mixed":
+            clip = {"value": torch.nn.utils.clip_grad_value_, "norm": torch.nn.utils.clip_grad_norm_}
+            clip[gradient_clip_algorithm or "norm"](self.parameters(), gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)
         if self.ema is not None:  # global_step counts completed steps, this one not yet
