@@ -11,7 +11,7 @@ from vitstem.config import ConfigError
 from vitstem.optim import build_scheduler, fit_warmup
 
 COSINE = dict(decay="cosine", warmup=1, warmup_unit="epochs", warmup_start_factor=0.0, min_factor=0.0,
-              warmup_overlap=False, interval="step")
+              warmup_start_lr=None, min_lr=None, cooldown_epochs=0, warmup_overlap=False, interval="step")
 
 
 @pytest.mark.parametrize("scheduler,steps_per_epoch,epochs,warmup", [
