@@ -63,3 +63,21 @@ def test_precise_bn_off_in_sanity_check_and_a_no_op_without_batchnorm():
     assert all(torch.equal(before[k], v) for k, v in p.model.state_dict().items())
     with pytest.raises(ValueError, match="num_images=-1"):
         PreciseBN(num_images=-1)
+
+
+def test_progress_bar_reads_the_metrics_every_n_steps_only(monkeypatch):
+    """Reading the logged loss is a device sync: Lightning's bar does it every step, ours every N."""
+    from lightning.pytorch.callbacks import RichProgressBar
+    from vitstem.callbacks import ProgressBar
+    reads = []
+    monkeypatch.setattr(RichProgressBar, "_update_metrics", lambda self, trainer, module: reads.append(1))
+    monkeypatch.setattr(RichProgressBar, "on_train_batch_end",
+                        lambda self, trainer, module, outputs, batch, i: self._update_metrics(trainer, module))
+    bar = ProgressBar(metrics_every_n_steps=3)
+    for i in range(7):
+        bar.on_train_batch_end(None, None, None, None, i)
+    assert len(reads) == 2  # after steps 3 and 6
+    bar._update_metrics(None, None)  # epoch ends and validation: always
+    assert len(reads) == 3
+    with pytest.raises(ValueError, match="metrics_every_n_steps=0"):
+        ProgressBar(metrics_every_n_steps=0)

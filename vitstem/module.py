@@ -99,7 +99,8 @@ class Classifier(L.LightningModule):
             x, y = self.mixup(x, y)
         loss = self.criterion(self(x), y)  # non-finite: vitstem.instrument's StabilityMonitor stops the run
         self.log("train/loss", loss, prog_bar=True)
-        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
+        if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:  # a float logged is a host-to-device copy,
+            self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])  # so only when it is written
         return loss
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
