@@ -1,8 +1,11 @@
 """The resolvers vitstem's configs use, registered with OmegaConf on import (``import vitstem`` does it)."""
 from __future__ import annotations
 
+import glob
 import hashlib
 import math
+import os
+import sys
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -34,8 +37,11 @@ def loguniform(u: float, bounds) -> float:
 
 def precision(accelerator: str) -> str:
     """``${vitstem_precision:${trainer.accelerator}}``: ``bf16-mixed`` where the run will use a GPU that has
-    bf16 (Ampere and later), else ``32-true``. torch is imported only when the config is resolved."""
-    if str(accelerator) not in ("auto", "gpu", "cuda"):
+    bf16 (Ampere and later), else ``32-true``. Without an NVIDIA device file torch is not imported to ask (it
+    takes seconds, and a configuration error should answer at once)."""
+    if str(accelerator) not in ("auto", "gpu", "cuda") or os.environ.get("CUDA_VISIBLE_DEVICES") in ("", "-1"):
+        return "32-true"
+    if "torch" not in sys.modules and not glob.glob("/dev/nvidia[0-9]*"):
         return "32-true"
     import torch
     return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"

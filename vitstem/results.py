@@ -22,6 +22,8 @@ from __future__ import annotations
 import json
 import platform
 import subprocess
+import sys
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -41,17 +43,15 @@ def git_commit() -> str | None:
         return None
 
 
-def versions() -> dict[str, str]:
-    import hydra
-    import lightning
-    import timm
-    import torch
-
+def versions() -> dict[str, str | None]:
+    """Library versions, read from the installed packages' metadata: a config rejected before training does not
+    import torch for them (torch's own string, with its CUDA build, once torch is imported)."""
     import vitstem
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__,
-            "lightning": lightning.__version__, "hydra": hydra.__version__, "vitstem": vitstem.__version__,
-            "cuda": torch.version.cuda or "none"}
+    torch = sys.modules.get("torch")
+    return {"python": platform.python_version(), "torch": torch.__version__ if torch else version("torch"),
+            "timm": version("timm"), "lightning": version("lightning"), "hydra": version("hydra-core"),
+            "vitstem": vitstem.__version__, "cuda": (torch.version.cuda or "none") if torch else None}
 
 
 def hparams(cfg, choices: dict, global_batch: int | None) -> dict:

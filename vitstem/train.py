@@ -20,28 +20,30 @@ import traceback
 import warnings
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import hydra
-import lightning as L
-import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from hydra.errors import InstantiationException
-from lightning.pytorch.callbacks import ProgressBar
-from lightning.pytorch.utilities.exceptions import SIGTERMException
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from vitstem.checkpoints import check_resumable, init_weights
 from vitstem.config import ConfigError, validate
-from vitstem.instrument import callbacks as instrument
-from vitstem.loggers import CSVLogger, finish_wandb
-from vitstem.models.complexity import count_params
-from vitstem.module import Classifier
+from vitstem.instrument import RESULT_KEYS
 from vitstem.paths import CONF_DIR
 from vitstem.results import hparams, make_results, write_results
 from vitstem.runs import folder
-from vitstem.runs.checkpoint import RunCheckpoint
 from vitstem.scale import ddp, slurm
 from vitstem.summary import print_summary
+
+if TYPE_CHECKING:
+    import lightning as L
+
+    from vitstem.module import Classifier
+    from vitstem.runs.checkpoint import RunCheckpoint
+
+# torch, timm and Lightning take seconds to import: they are imported where first needed, after the config has
+# been checked, so that --help, --cfg job and a configuration error answer at once.
 
 log = logging.getLogger("vitstem")
 # Known-harmless notices: CSV metrics share the run directory with config.yaml by design.
@@ -51,6 +53,12 @@ warnings.filterwarnings("ignore", message=".*LeafSpec.*")
 
 def build(cfg: DictConfig, resume_step: int | None = None) -> tuple[L.LightningDataModule, Classifier, L.Trainer]:
     """Everything a run needs, built (and so checked) before any compute starts."""
+    from lightning.pytorch.callbacks import ProgressBar
+
+    from vitstem.instrument import callbacks as instrument
+    from vitstem.loggers import CSVLogger
+    from vitstem.module import Classifier
+
     datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
     groups = {k: OmegaConf.to_container(cfg[k], resolve=True)
               for k in ("model", "optimizer", "weight_decay", "scheduler", "loss", "mixup", "ema")}
@@ -107,6 +115,12 @@ def run(cfg: DictConfig) -> dict:
             try:
                 validate(cfg)
                 (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+                import lightning as L
+                import torch
+
+                from vitstem.checkpoints import check_resumable, init_weights
+                from vitstem.models.complexity import count_params
+
                 L.seed_everything(cfg.seed, workers=True)
                 torch.set_float32_matmul_precision(cfg.matmul_precision)
                 resume_step = check_resumable(cfg.ckpt_path) if cfg.ckpt_path else None
@@ -126,23 +140,26 @@ def run(cfg: DictConfig) -> dict:
             status = "diverged" if module.diverged_at_step is not None else "finished"
             if status == "finished" and _checkpointer(trainer) and _checkpointer(trainer).interrupted:
                 status, error = "interrupted", f"stopped by {_checkpointer(trainer).interrupted}"
-        except SIGTERMException:
-            status, error = "interrupted", "stopped by SIGTERM"
         except KeyboardInterrupt:
             status, error = "interrupted", "KeyboardInterrupt"
             raise
         except BaseException as e:
-            error = ddp.launcher_failure(trainer) or f"{type(e).__name__}: {e}"
-            if not isinstance(e, ConfigError) and (trainer is None or trainer.is_global_zero):
-                (run_dir / "traceback.txt").write_text(traceback.format_exc())
-            raise
+            if _sigterm(e):
+                status, error = "interrupted", "stopped by SIGTERM"
+            else:
+                error = ddp.launcher_failure(trainer) or f"{type(e).__name__}: {e}"
+                if not isinstance(e, ConfigError) and (trainer is None or trainer.is_global_zero):
+                    (run_dir / "traceback.txt").write_text(traceback.format_exc())
+                raise
         finally:
             results = collect(cfg, module, trainer, status, error, time.perf_counter() - start, global_batch)
             results["resumed_from"] = resumed_from
             if trainer is None or trainer.is_global_zero:
                 write_results(run_dir, results)
                 print_summary(results)
-            finish_wandb(failed=status == "failed")
+            if "wandb" in sys.modules:  # no wandb run can be open if wandb was never imported
+                from vitstem.loggers import finish_wandb
+                finish_wandb(failed=status == "failed")
             ddp.join_ranks(trainer)
     if status == "interrupted":
         raise Interrupted(f"{error}; the checkpoint is {run_dir / 'checkpoints' / 'last.ckpt'}: "
@@ -154,8 +171,17 @@ class Interrupted(Exception):
     """Training stopped on a signal after writing its checkpoint."""
 
 
+def _sigterm(e: BaseException) -> bool:
+    """Lightning's SIGTERMException (it can only come once Lightning is imported)."""
+    exceptions = sys.modules.get("lightning.pytorch.utilities.exceptions")
+    return exceptions is not None and isinstance(e, exceptions.SIGTERMException)
+
+
 def _checkpointer(trainer: L.Trainer | None) -> RunCheckpoint | None:
-    return next((c for c in trainer.callbacks if isinstance(c, RunCheckpoint)), None) if trainer else None
+    if trainer is None:
+        return None
+    from vitstem.runs.checkpoint import RunCheckpoint
+    return next((c for c in trainer.callbacks if isinstance(c, RunCheckpoint)), None)
 
 
 def collect(cfg, module: Classifier | None, trainer: L.Trainer | None, status: str, error: str | None,
@@ -165,14 +191,23 @@ def collect(cfg, module: Classifier | None, trainer: L.Trainer | None, status: s
         metrics = {k: v for k, v in metrics.items() if not k.startswith(("val/", "val_ema/"))}
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     choices = dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {}
+    if trainer is not None:
+        from vitstem.instrument.callbacks import results as instrument_results
+        instrumented = instrument_results(trainer)
+    else:
+        instrumented = dict.fromkeys(RESULT_KEYS)
+    params_m = None
+    if module is not None:
+        from vitstem.models.complexity import count_params
+        params_m = count_params(module.model) / 1e6
     return make_results(
         status, metrics.get("val/acc1"), module.best_val_acc1 if module else None,
         final_val_acc5=metrics.get("val/acc5"), final_train_loss=metrics.get("train/loss"),
         epochs=trainer.current_epoch if trainer else 0, steps=trainer.global_step if trainer else 0,
-        wall_time_s=round(wall, 2), **instrument.results(trainer),
+        wall_time_s=round(wall, 2), **instrumented,
         diverged_at_step=module.diverged_at_step if module else None, error=error, model=cfg.model.name,
         final_val_ema_acc1=metrics.get("val_ema/acc1"), best_val_ema_acc1=module.best_val_ema_acc1 if module else None,
-        params_m=count_params(module.model) / 1e6 if module else None, global_batch_size=global_batch,
+        params_m=params_m, global_batch_size=global_batch,
         overrides=overrides, run_dir=str(cfg.run_dir), hparams=hparams(cfg, choices, global_batch))
 
 

@@ -13,7 +13,6 @@ import argparse
 import sys
 
 from vitstem.config import ConfigError
-from vitstem.data.shards import ShardError, write_shards
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=4, help="shards written at once (threads)")
     p.add_argument("--overwrite", action="store_true", help="replace the index.json and shards already in OUT")
     a = p.parse_args(argv)
+    from vitstem.data.shards import ShardError, write_shards  # torch and timm: seconds, not for --help
+
     try:
         index = write_shards(a.imagenet, a.out, shard_size=a.shard_size, num_classes=a.num_classes, classes=a.classes,
                              max_per_class=a.max_per_class, seed=a.seed, overwrite=a.overwrite, workers=a.workers)

@@ -27,6 +27,7 @@ import lightning as L
 import numpy as np
 import torch
 
+from vitstem.instrument import RESULT_KEYS
 from vitstem.instrument.metrics import (HEAD, STEM, SpikeDetector, block_layout, block_name, block_norms,
                                         block_statistics, compute_dtype, first_nonfinite, peak_flops, spike_events,
                                         total_norm, train_flops_per_image)
@@ -417,10 +418,6 @@ class Throughput(L.Callback):
 
 
 # results.json keys of the instrumentation: null when their callback is off or has measured nothing
-RESULT_KEYS = ("train_images_per_s", "train_images_per_s_with_data", "train_flops_per_image", "mfu", "diverged_block",
-               "diverged_phase", "spikes", "spikes_total", "diversity", "diversity_ema")
-
-
 def results(trainer) -> dict:
     """The instrumentation's ``results.json`` keys (:data:`RESULT_KEYS`) from the trainer's callbacks."""
     out = dict.fromkeys(RESULT_KEYS)

@@ -38,10 +38,10 @@ from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from vitstem.instrument.callbacks import diverged
+from vitstem.runs.folder import LAST
 
 log = logging.getLogger("vitstem")
 
-LAST = "last.ckpt"
 
 
 def _safe_rng(states: dict) -> dict:

@@ -18,7 +18,8 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from vitstem.config import ConfigError
-from vitstem.runs.checkpoint import LAST
+
+LAST = "last.ckpt"  # the checkpoint file of a run folder (vitstem.runs.checkpoint writes it)
 
 DONE = ("finished", "diverged")
 # Settings that do not change what a run computes (callbacks observe and checkpoint); a folder may be resumed

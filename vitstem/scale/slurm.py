@@ -55,8 +55,6 @@ import os
 import signal
 import sys
 
-from lightning.fabric.plugins.environments import ClusterEnvironment, SLURMEnvironment
-
 log = logging.getLogger("vitstem")
 
 SUBMITIT_LAUNCHERS = ("slurm", "local", "submitit_slurm", "submitit_local")
@@ -77,59 +75,12 @@ def executor() -> str | None:
     return os.environ.get("SUBMITIT_EXECUTOR") or None
 
 
-class SubmititLocalEnvironment(ClusterEnvironment):
-    """The processes of a submitit local job: one per task, ranks from submitit's variables, one machine."""
-
-    def __init__(self) -> None:
-        import submitit
-        import torch
-
-        self.job = submitit.JobEnvironment()
-        if "OMP_NUM_THREADS" not in os.environ:  # share the cores, as Lightning does for processes it starts
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.job.num_tasks))
-
-    @property
-    def creates_processes_externally(self) -> bool:
-        return True
-
-    @property
-    def main_address(self) -> str:
-        return "127.0.0.1"
-
-    @property
-    def main_port(self) -> int:  # the same in every task of a job (its id is the controller's pid)
-        return 15000 + int(self.job.job_id.split("_")[0]) % 20000
-
-    @staticmethod
-    def detect() -> bool:
-        return executor() == "local"
-
-    def world_size(self) -> int:
-        return self.job.num_tasks
-
-    def set_world_size(self, size: int) -> None:
-        pass
-
-    def global_rank(self) -> int:
-        return self.job.global_rank
-
-    def set_global_rank(self, rank: int) -> None:
-        pass
-
-    def local_rank(self) -> int:
-        return self.job.local_rank
-
-    def node_rank(self) -> int:
-        return 0
-
-    def validate_settings(self, num_devices: int, num_nodes: int) -> None:
-        if num_devices * num_nodes != self.world_size():
-            raise ValueError(f"trainer.devices={num_devices} x trainer.num_nodes={num_nodes} processes, but the job "
-                             f"has {self.world_size()} tasks: set hydra.launcher.tasks_per_node={num_devices}")
-
-
 def lightning_plugins() -> list:
     """The trainer's cluster environment under submitit (none elsewhere: Lightning picks its own)."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    from vitstem.scale.environments import SubmititLocalEnvironment
+
     if executor() == "slurm":
         return [SLURMEnvironment(auto_requeue=False)]
     if executor() == "local":
