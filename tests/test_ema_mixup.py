@@ -105,3 +105,18 @@ def test_compile_switch_keeps_parameter_names(tmp_path):
     module.configure_model()
     assert module.model._compiled_call_impl is not None and module.ema.module._compiled_call_impl is not None
     assert [n for n, _ in module.model.named_parameters()] == names
+
+
+def test_channels_last_conv_stem_gives_the_same_outputs(tmp_path):
+    """The GPU layout for conv stems (on CPU here, forced): same numbers, channels-last weights and inputs."""
+    _, module, _ = build_tiny(["model=vit_c_32", "ema=deit"], tmp_path)
+    x = torch.randn(2, 3, 16, 16)
+    module.eval()
+    before = module(x)
+    module.channels_last = True
+    for net in (module.model, module.ema.module):
+        net.patch_embed.to(memory_format=torch.channels_last)
+    xb, _ = module.on_after_batch_transfer((x, torch.zeros(2)), 0)
+    assert xb.is_contiguous(memory_format=torch.channels_last)
+    assert module.model.patch_embed.proj[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(module(xb), before, atol=1e-5)

@@ -149,6 +149,19 @@ def time_plain(cfg, steps: int, warmup: int) -> list[float]:
     return [b - a for a, b in zip(stamps[warmup:], stamps[warmup + 1:])]
 
 
+@contextlib.contextmanager
+def peak_memory():
+    """The peak GPU memory allocated inside the block, in GB (``{}`` on CPU): point-wise attention materialises
+    its L x L weights, fused softmax attention does not."""
+    import torch
+    out: dict = {}
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    yield out
+    if torch.cuda.is_available():
+        out["gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 3)
+
+
 def flops_per_image(cfg) -> float | None:
     """Training FLOPs of one image (3 x the forward's multiply-adds x 2), counted on the meta device."""
     import timm
@@ -179,11 +192,13 @@ def bench(overrides: list[str], attentions: list[str], compiles: list[str], step
     for attention in attentions:
         for comp in compiles:
             extra = ([f"model/attention={attention}"] if attention else []) + [f"compile={comp == 'on'}"]
-            cfg = compose([*overrides, *extra])
-            times = {"vitstem": [], "plain": []}
+            cfg = compose([*overrides, *extra])  # the settings, for the record
+            times, peak = {"vitstem": [], "plain": []}, {"vitstem": None, "plain": None}
             for _ in range(rounds):
-                times["vitstem"].append(statistics.median(time_vitstem(compose([*overrides, *extra]), steps, warmup)))
-                times["plain"].append(statistics.median(time_plain(cfg, steps, warmup)))
+                for side, timer in (("vitstem", time_vitstem), ("plain", time_plain)):
+                    with peak_memory() as mem:
+                        times[side].append(statistics.median(timer(compose([*overrides, *extra]), steps, warmup)))
+                    peak[side] = mem.get("gb")
             v, p = statistics.median(times["vitstem"]), statistics.median(times["plain"])
             batch = cfg.data.loader.batch_size
             rows.append(dict(model=cfg.model.name, attention=cfg.model.attention.activation, compile=comp == "on",
@@ -191,6 +206,7 @@ def bench(overrides: list[str], attentions: list[str], compiles: list[str], step
                              vitstem_step_ms=round(1e3 * v, 3), plain_step_ms=round(1e3 * p, 3),
                              ratio=round(v / p, 4), vitstem_images_per_s=round(batch / v, 1),
                              plain_images_per_s=round(batch / p, 1), train_tflop_per_image=flops_per_image(cfg) / 1e12,
+                             vitstem_peak_memory_gb=peak["vitstem"], plain_peak_memory_gb=peak["plain"],
                              rounds={k: [round(1e3 * t, 3) for t in ts] for k, ts in times.items()}))
             print(f"{rows[-1]['model']} {rows[-1]['attention']} compile={comp}: vitstem {rows[-1]['vitstem_step_ms']} ms, "
                   f"plain {rows[-1]['plain_step_ms']} ms, ratio {rows[-1]['ratio']}", flush=True)
@@ -215,10 +231,11 @@ def startup(repeats: int = 3) -> dict:
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| model | attention | compile | batch | precision | vitstem ms/step | plain ms/step | ratio | vitstem images/s |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | attention | compile | batch | precision | vitstem ms/step | plain ms/step | ratio | vitstem images/s "
+             "| peak GB |", "|---|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['attention']} | {r['compile']} | {r['batch']} | {r['precision']} | "
-              f"{r['vitstem_step_ms']} | {r['plain_step_ms']} | {r['ratio']} | {r['vitstem_images_per_s']} |" for r in rows]
+              f"{r['vitstem_step_ms']} | {r['plain_step_ms']} | {r['ratio']} | {r['vitstem_images_per_s']} | "
+              f"{r['vitstem_peak_memory_gb'] if r['vitstem_peak_memory_gb'] is not None else '-'} |" for r in rows]
     return "\n".join(lines)
 
 

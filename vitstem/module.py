@@ -90,8 +90,26 @@ class Classifier(L.LightningModule):
                 if m is not None:
                     m.compile()
 
+    def on_fit_start(self) -> None:
+        """On a GPU, a conv stem (more than one conv) runs channels-last: cuDNN's fast layout for 3x3 convs with
+        BatchNorm. The stem's weights and the input batch change layout; parameter names and values do not."""
+        convs = [m for m in self.model.patch_embed.modules() if isinstance(m, nn.Conv2d)]
+        self.channels_last = self.device.type == "cuda" and len(convs) > 1
+        if self.channels_last:
+            for net in (self.model, self.ema.module if self.ema else None):
+                if net is not None:
+                    net.patch_embed.to(memory_format=torch.channels_last)
+
+    channels_last = False
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if self.channels_last:
+            x, y = batch
+            return x.contiguous(memory_format=torch.channels_last), y
+        return batch
 
     def training_step(self, batch, batch_idx):
         x, y = batch

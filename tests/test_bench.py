@@ -1,0 +1,23 @@
+"""vitstem-bench on a tiny model: both paths train, the JSON and table are written (no timing asserted)."""
+from __future__ import annotations
+
+import json
+
+from vitstem.bench import main as bench_main
+
+TINY = ["model.depth=1", "model.embed_dim=32", "model.num_heads=2", "model.img_size=16", "data.img_size=16",
+        "data.loader.batch_size=8", "trainer.accelerator=cpu"]
+
+
+def test_bench_alternates_vitstem_and_a_plain_loop_and_writes_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    bench_main([*TINY, "--attention", "softmax", "relu", "--steps", "3", "--warmup", "1", "--rounds", "2",
+                "--out", str(out)])
+    result = json.loads(out.read_text())
+    softmax, relu = result["results"]
+    assert (softmax["attention"], relu["attention"]) == ("softmax", "relu")
+    for row in (softmax, relu):
+        assert len(row["rounds"]["vitstem"]) == len(row["rounds"]["plain"]) == 2
+        assert row["vitstem_step_ms"] > 0 and row["plain_step_ms"] > 0 and row["ratio"] > 0
+        assert row["train_tflop_per_image"] > 0 and row["batch"] == 8
+    assert result["torch"] and result["device"] and "| vit_p_32 | relu |" in capsys.readouterr().out
