@@ -116,7 +116,7 @@ def test_channels_last_conv_stem_gives_the_same_outputs(tmp_path):
     module.channels_last = True
     for net in (module.model, module.ema.module):
         net.patch_embed.to(memory_format=torch.channels_last)
-    xb, _ = module.on_after_batch_transfer((x, torch.zeros(2)), 0)
+    xb = module._layout(x)
     assert xb.is_contiguous(memory_format=torch.channels_last)
     assert module.model.patch_embed.proj[0].weight.is_contiguous(memory_format=torch.channels_last)
     assert torch.allclose(module(xb), before, atol=1e-5)

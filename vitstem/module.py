@@ -105,14 +105,13 @@ class Classifier(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
-    def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        if self.channels_last:
-            x, y = batch
-            return x.contiguous(memory_format=torch.channels_last), y
-        return batch
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        """The input batch in the stem's memory layout (channels-last for a conv stem on a GPU)."""
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def training_step(self, batch, batch_idx):
         x, y = batch
+        x = self._layout(x)
         if self.mixup is not None:
             x, y = self.mixup(x, y)
         loss = self.criterion(self(x), y)  # non-finite: vitstem.instrument's StabilityMonitor stops the run
@@ -137,6 +136,7 @@ class Classifier(L.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         x, y = batch
+        x = self._layout(x)
         for prefix, net in (("val", self.model), ("val_ema", self.ema.module if self.ema else None)):
             if net is not None:
                 logits = net(x)
