@@ -82,6 +82,7 @@ class Classifier(L.LightningModule):
         self.best_val_acc1: float | None = None
         self.best_val_ema_acc1: float | None = None
         self.diverged_at_step: int | None = None
+        self.channels_last = False  # set at fit start: a conv stem on a GPU
         self.param_rows: list[param_groups.ParamRow] = []
 
     def configure_model(self) -> None:
@@ -99,8 +100,6 @@ class Classifier(L.LightningModule):
             for net in (self.model, self.ema.module if self.ema else None):
                 if net is not None:
                     net.patch_embed.to(memory_format=torch.channels_last)
-
-    channels_last = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
