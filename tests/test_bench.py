@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from vitstem.bench import main as bench_main
 
 TINY = ["model.depth=1", "model.embed_dim=32", "model.num_heads=2", "model.img_size=16", "data.img_size=16",
@@ -21,3 +23,12 @@ def test_bench_alternates_vitstem_and_a_plain_loop_and_writes_json(tmp_path, cap
         assert row["vitstem_step_ms"] > 0 and row["plain_step_ms"] > 0 and row["ratio"] > 0
         assert row["train_tflop_per_image"] > 0 and row["batch"] == 8
     assert result["torch"] and result["device"] and "| vit_p_32 | relu |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("bad,message", [("model=nope", "Could not find 'model/nope'"),
+                                         ("optimizer.lr=abc", "optimizer.lr='abc' must be a number")])
+def test_a_bad_override_is_one_line_before_any_compute(tmp_path, bad, message):
+    with pytest.raises(SystemExit) as done:
+        bench_main([bad, "--out", str(tmp_path / "b.json")])
+    assert str(done.value).startswith("vitstem-bench: configuration error:") and message in str(done.value)
+    assert not (tmp_path / "b.json").exists()

@@ -86,6 +86,9 @@ def test_vitstem_recipes_agrees_and_flags_an_override(capsys):
         recipes_main(["xiao_c_4gf", "optimizer.lr=2e-3", "loss=sigmoid_bce"])
     out = capsys.readouterr().out
     assert done.value.code == 1 and "0.002 @ 2048 [paper: 0.001 @ 2048]" in out and "2 cell(s) differ" in out
+    with pytest.raises(SystemExit) as done:
+        recipes_main(["xiao_c_4gf", "loss=nope"])
+    assert str(done.value) == "vitstem-recipes: xiao_c_4gf: In 'train': Could not find 'loss/nope'"
 
 
 def test_readme_table_is_the_current_output(capsys):

@@ -29,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from vitstem.config import ConfigError, compose, validate
+
 DEFAULT_OUT = Path("benchmarks/results/bench.json")
 
 
@@ -36,19 +38,6 @@ def _sync(device) -> None:
     import torch
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def compose(overrides: list[str]):
-    from hydra import compose as hydra_compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from vitstem.paths import CONF_DIR
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="vitstem_bench"):
-        cfg = hydra_compose("train", overrides=overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    return cfg
 
 
 def one_batch(cfg, device):
@@ -162,18 +151,19 @@ def peak_memory():
         out["gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 3)
 
 
-def flops_per_image(cfg) -> float | None:
-    """Training FLOPs of one image (3 x the forward's multiply-adds x 2), counted on the meta device."""
-    import timm
+def cost(cfg) -> tuple[int, float | None]:
+    """Training FLOPs per image (forward and backward, counted as the instrumentation counts them) and the
+    device's peak FLOP/s at the run's precision (None on CPU): for MFU."""
     import torch
-    from vitstem.models.complexity import count_macs
     from omegaconf import OmegaConf
+    from vitstem.instrument.metrics import compute_dtype, peak_flops, train_flops_per_image
+    from vitstem.module import create_model
 
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    name = model_cfg.pop("name")
-    with torch.device("meta"):
-        model = timm.create_model(name, **{**model_cfg, "num_classes": cfg.data.num_classes})
-    return 3 * 2 * count_macs(model, cfg.model.img_size)
+    flops = train_flops_per_image(lambda: create_model(model_cfg, cfg.data.num_classes, cfg.model.img_size),
+                                  cfg.model.img_size)
+    device = torch.device("cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu")
+    return flops, peak_flops(device, compute_dtype(cfg.trainer.precision))
 
 
 def environment() -> dict:
@@ -192,7 +182,9 @@ def bench(overrides: list[str], attentions: list[str], compiles: list[str], step
     for attention in attentions:
         for comp in compiles:
             extra = ([f"model/attention={attention}"] if attention else []) + [f"compile={comp == 'on'}"]
-            cfg = compose([*overrides, *extra])  # the settings, for the record
+            cfg = compose([*overrides, *extra])  # the settings, checked before any compute
+            validate(cfg)
+            flops, peak_device = cost(cfg)
             times, peak = {"vitstem": [], "plain": []}, {"vitstem": None, "plain": None}
             for _ in range(rounds):
                 for side, timer in (("vitstem", time_vitstem), ("plain", time_plain)):
@@ -205,7 +197,8 @@ def bench(overrides: list[str], attentions: list[str], compiles: list[str], step
                              batch=batch, img_size=cfg.model.img_size, precision=str(cfg.trainer.precision),
                              vitstem_step_ms=round(1e3 * v, 3), plain_step_ms=round(1e3 * p, 3),
                              ratio=round(v / p, 4), vitstem_images_per_s=round(batch / v, 1),
-                             plain_images_per_s=round(batch / p, 1), train_tflop_per_image=flops_per_image(cfg) / 1e12,
+                             plain_images_per_s=round(batch / p, 1), train_tflop_per_image=flops / 1e12,
+                             vitstem_mfu=round(flops * batch / v / peak_device, 4) if peak_device else None,
                              vitstem_peak_memory_gb=peak["vitstem"], plain_peak_memory_gb=peak["plain"],
                              rounds={k: [round(1e3 * t, 3) for t in ts] for k, ts in times.items()}))
             print(f"{rows[-1]['model']} {rows[-1]['attention']} compile={comp}: vitstem {rows[-1]['vitstem_step_ms']} ms, "
@@ -232,9 +225,10 @@ def startup(repeats: int = 3) -> dict:
 
 def markdown(rows: list[dict]) -> str:
     lines = ["| model | attention | compile | batch | precision | vitstem ms/step | plain ms/step | ratio | vitstem images/s "
-             "| peak GB |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| MFU | peak GB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['attention']} | {r['compile']} | {r['batch']} | {r['precision']} | "
               f"{r['vitstem_step_ms']} | {r['plain_step_ms']} | {r['ratio']} | {r['vitstem_images_per_s']} | "
+              f"{r['vitstem_mfu'] if r['vitstem_mfu'] is not None else '-'} | "
               f"{r['vitstem_peak_memory_gb'] if r['vitstem_peak_memory_gb'] is not None else '-'} |" for r in rows]
     return "\n".join(lines)
 
@@ -253,6 +247,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--startup", action="store_true", help="time vitstem-train's start-up only")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON file to write")
     args = parser.parse_args(argv)
+    try:
+        run(args)
+    except ConfigError as e:
+        sys.exit(f"vitstem-bench: configuration error: {e}")
+
+
+def run(args) -> None:
     if args.startup:
         result = dict(startup_s=startup(), **environment())
         print(json.dumps(result["startup_s"], indent=1))

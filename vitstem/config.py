@@ -291,6 +291,28 @@ def _message(values: dict, errors: list[dict]) -> str:
     return f"{key}={value!r} must {' or '.join(musts).replace(' or be ', ' or ')}"
 
 
+def compose(overrides: list[str], job_name: str = "vitstem") -> DictConfig:
+    """The config ``vitstem-train <overrides>`` would run, outside the app (vitstem-recipes, vitstem-bench): Hydra's
+    runtime fields set, so ``${hydra:...}`` resolves. A bad override raises :class:`ConfigError` with Hydra's first
+    line (which names it), not Hydra's search path."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from vitstem.paths import CONF_DIR
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name=job_name):
+            cfg = hydra_compose("train", overrides=list(overrides), return_hydra_config=True)
+    except (HydraException, OmegaConfBaseException) as e:
+        raise ConfigError(str(e).strip().splitlines()[0]) from None
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
 def validate(cfg: DictConfig) -> None:
     """Every setting against the schema, then the checks that relate two settings.
 

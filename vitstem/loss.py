@@ -15,16 +15,17 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from timm.data.mixup import one_hot
 from torch import nn
 
 
 def dense_targets(target: torch.Tensor, num_classes: int, label_smoothing: float) -> torch.Tensor:
-    """``target`` as a ``(B, num_classes)`` float matrix: one-hot labels smoothed, dense targets unchanged."""
+    """``target`` as a ``(B, num_classes)`` float matrix: labels one-hot and smoothed (timm's ``one_hot``, as its
+    ``Mixup`` smooths), dense targets unchanged."""
     if target.ndim == 2:
         return target
     off = label_smoothing / num_classes
-    return torch.full((len(target), num_classes), off, device=target.device).scatter_(
-        1, target[:, None], 1.0 - label_smoothing + off)
+    return one_hot(target, num_classes, on_value=1.0 - label_smoothing + off, off_value=off)
 
 
 class SoftmaxCrossEntropy(nn.Module):
@@ -33,9 +34,8 @@ class SoftmaxCrossEntropy(nn.Module):
         self.label_smoothing = label_smoothing
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if target.ndim == 2:  # mixup's soft targets (timm's SoftTargetCrossEntropy)
-            return torch.sum(-target * F.log_softmax(logits, dim=-1), dim=-1).mean()
-        return F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
+        # torch's cross-entropy takes class probabilities too: mixup's targets, smoothed already
+        return F.cross_entropy(logits, target, label_smoothing=self.label_smoothing if target.ndim == 1 else 0.0)
 
 
 class SigmoidCrossEntropy(nn.Module):

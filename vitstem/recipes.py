@@ -16,13 +16,9 @@ import argparse
 import re
 import sys
 
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from hydra.errors import HydraException
-from omegaconf.errors import OmegaConfBaseException
 from omegaconf import DictConfig
 
+from vitstem.config import ConfigError, compose
 from vitstem.paths import CONF_DIR
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
@@ -151,17 +147,9 @@ def ours(cfg: DictConfig) -> dict[str, str]:
     }
 
 
-def compose_experiment(name: str, overrides: list[str] = ()) -> DictConfig:
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="vitstem_recipes"):
-        cfg = compose("train", overrides=[f"experiment={name}", "data=imagenet", *overrides], return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)  # ${hydra:...} interpolations (the model's name) resolve
-    return cfg
-
-
 def compare(name: str, overrides: list[str] = ()) -> tuple[dict[str, str], int]:
     """The row of experiment ``name``: ours, with the paper's value after each cell that differs; the count."""
-    mine, theirs = ours(compose_experiment(name, overrides)), paper(name)
+    mine, theirs = ours(compose([f"experiment={name}", "data=imagenet", *overrides])), paper(name)
     row, differ = {}, 0
     for col in COLUMNS:
         value, ref = mine[col], theirs.get(col)
@@ -194,8 +182,8 @@ def main(argv: list[str] | None = None) -> None:
     for name in names:
         try:
             rows[name], n = compare(name, overrides)
-        except (HydraException, OmegaConfBaseException) as e:  # a bad override: Hydra's first line names it
-            sys.exit(f"vitstem-recipes: {name}: {str(e).strip().splitlines()[0]}")
+        except ConfigError as e:  # a bad override
+            sys.exit(f"vitstem-recipes: {name}: {e}")
         differ += n
     print(table(rows))
     print(f"\n{OURS}: not stated by the paper (our reading). {differ} cell(s) differ from the papers.")

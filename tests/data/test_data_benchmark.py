@@ -6,15 +6,22 @@ import json
 import math
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "data_throughput.py"
 
 
-def test_benchmark_times_each_worker_setting_and_writes_json(tmp_path):
+@pytest.fixture(scope="module")
+def bench():
+    """The benchmark script, loaded as a module."""
     spec = importlib.util.spec_from_file_location("data_throughput", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_times_each_worker_setting_and_writes_json(tmp_path, bench):
     out = tmp_path / "throughput.json"
     bench.main(["--make-imagefolder", str(tmp_path / "in"), "--classes", "2", "--per-class", "8", "--size", "40",
                 "--workers", "0", "--batches", "3", "--warmup", "1", "--out", str(out), "--augment", "basic", "xiao",
@@ -32,10 +39,7 @@ def test_benchmark_times_each_worker_setting_and_writes_json(tmp_path):
     assert result["machine"]["cpu_count"] >= 1
 
 
-def test_benchmark_times_folder_and_shards_and_the_workers_a_gpu_needs(tmp_path):
-    spec = importlib.util.spec_from_file_location("data_throughput", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+def test_benchmark_times_folder_and_shards_and_the_workers_a_gpu_needs(tmp_path, bench):
     out = tmp_path / "throughput.json"
     bench.main(["--make-imagefolder", str(tmp_path / "in"), "--classes", "2", "--per-class", "8", "--size", "40",
                 "--shards", str(tmp_path / "shards"), "--shard-size", "5", "--workers", "0", "--batches", "3",
