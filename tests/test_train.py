@@ -1,7 +1,6 @@
 """vitstem-train end to end: results.json, learning, logging, composition and early errors."""
 import csv
 import json
-from pathlib import Path
 
 import pytest
 import torch

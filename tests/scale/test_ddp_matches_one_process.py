@@ -49,7 +49,7 @@ def test_two_cpu_ranks_with_half_batches_train_what_one_process_trains(tmp_path)
     assert ddp["status"] == one["status"] == "finished"
     assert ddp["global_batch_size"] == one["global_batch_size"] == 64 and ddp["steps"] == one["steps"] == 8
 
-    twice = train(FULL_BATCH + ["data.loader.batch_size=64", "optimizer.lr=0.2"], tmp_path / "twice")
+    train(FULL_BATCH + ["data.loader.batch_size=64", "optimizer.lr=0.2"], tmp_path / "twice")
     summed = max_diff(weights(tmp_path / "twice"), weights(tmp_path / "one"))  # as if gradients were summed
     assert max_diff(weights(ddp_dir), weights(tmp_path / "one")) < 1e-6 and summed > 1e-3
     assert val_losses(ddp_dir) == pytest.approx(val_losses(tmp_path / "one"), rel=1e-6)

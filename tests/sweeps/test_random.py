@@ -1,6 +1,5 @@
 """The random sweeper: Hydra's grammar, pure sampling, sample-major jobs, resumable and failure-proof sweeps."""
 import json
-import math
 
 import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
