@@ -1,11 +1,16 @@
 """Loggers: Lightning's CSV logger always (continued, not rewritten, on resume); wandb on request, offline
-when no API key is set, one wandb run per run folder (its id is kept there and reused on resume)."""
+when no API key is set or the server does not answer within seconds, one wandb run per run folder (its id is kept
+there and reused on resume). wandb never stops a run: whatever goes wrong with it, training goes on with the CSV log."""
 from __future__ import annotations
 
+import base64
 import csv
+import json
 import netrc
 import os
-import socket
+import threading
+import urllib.error
+import urllib.request
 import uuid
 import warnings
 from pathlib import Path
@@ -51,14 +56,30 @@ class CSVLogger(_CSVLogger):
         return writer
 
 
-def wandb_api_key_present() -> bool:
-    """True if wandb could authenticate: ``WANDB_API_KEY`` or an ``api.wandb.ai`` entry in ~/.netrc."""
+WANDB_PROBE_TIMEOUT = 5.0  # s: a server that has not answered the probe by then is given up
+WANDB_INIT_TIMEOUT = 30.0  # s: wandb.init online (default 90 s), then the run falls back to offline
+WANDB_FINISH_TIMEOUT = 60.0  # s: uploading what is left at the end (default: forever); the rest stays for `wandb sync`
+
+
+def _wandb_base() -> str:
+    return os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").rstrip("/")
+
+
+def _wandb_api_key(base: str | None = None) -> str | None:
+    """The API key wandb would use for ``base``: ``WANDB_API_KEY``, else ``~/.netrc``'s entry for its host."""
     if os.environ.get("WANDB_API_KEY"):
-        return True
+        return os.environ["WANDB_API_KEY"]
+    base = base or _wandb_base()
     try:
-        return netrc.netrc().authenticators("api.wandb.ai") is not None
+        entry = netrc.netrc().authenticators(urlparse(base if "://" in base else "https://" + base).hostname or "")
     except (FileNotFoundError, netrc.NetrcParseError):
-        return False
+        return None
+    return entry[2] if entry else None
+
+
+def wandb_api_key_present() -> bool:
+    """True if wandb could authenticate: ``WANDB_API_KEY`` or an entry in ~/.netrc for the server's host."""
+    return _wandb_api_key() is not None
 
 
 def wandb_run_id(save_dir: str) -> str:
@@ -72,45 +93,161 @@ def wandb_run_id(save_dir: str) -> str:
     return run_id
 
 
-def wandb_reachable(timeout: float = 5.0) -> str | None:
-    """None if the wandb server answers and accepts the API key within ``timeout`` seconds, else why not.
+def wandb_reachable(timeout: float = WANDB_PROBE_TIMEOUT) -> str | None:
+    """None if the wandb server answers an authenticated query within ``timeout`` seconds, else why not (one phrase).
 
-    Without this check an unreachable server stalls ``wandb.init`` for its 90 s timeout and then fails the
-    run with ``CommError`` before its first step; a bad key fails it too.
+    One HTTP request (``{ viewer { id } }`` to ``<WANDB_BASE_URL>/graphql``, through the same proxy settings as
+    wandb), made outside wandb: ``wandb.login`` would start wandb's session, which then ignores the offline mode
+    chosen here. The request runs in a thread joined after ``timeout`` s, so a server that accepts the connection and
+    never answers (or answers a byte at a time) costs ``timeout`` seconds, never more.
     """
-    base = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
-    url = urlparse(base if "://" in base else "https://" + base)
-    try:
-        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
-    except OSError as e:
-        return f"cannot reach {base} ({e})"
-    try:
-        import wandb
+    base = _wandb_base()
+    url = (base if "://" in base else "https://" + base) + "/graphql"
+    key = _wandb_api_key(base) or ""
+    request = urllib.request.Request(url, data=json.dumps({"query": "query { viewer { id } }"}).encode(), headers={
+        "Content-Type": "application/json",
+        "Authorization": "Basic " + base64.b64encode(f"api:{key}".encode()).decode()})
+    outcome: list[str | None] = []
 
-        if not wandb.login(verify=True, timeout=int(timeout), relogin=False):
-            return "the API key was not accepted"
-    except Exception as e:  # noqa: BLE001  (wandb raises several types for a bad key or a slow server)
-        return f"login failed ({type(e).__name__}: {e})"
-    return None
+    def probe() -> None:
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                body = json.loads(response.read(1 << 20) or b"{}")
+            viewer = (body.get("data") or {}).get("viewer") if isinstance(body, dict) else None
+            outcome.append(None if viewer else "the API key was not accepted")
+        except urllib.error.HTTPError as e:
+            outcome.append("the API key was not accepted" if e.code in (401, 403) else f"{url} answered HTTP {e.code}")
+        except (OSError, ValueError) as e:  # refused, no DNS, timed out, TLS, not JSON
+            reason = getattr(e, "reason", e)
+            outcome.append(f"no answer from {base} within {timeout:g} s" if isinstance(reason, TimeoutError)
+                           else f"cannot reach {base} ({reason})")
+
+    thread = threading.Thread(target=probe, name="wandb-probe", daemon=True)
+    thread.start()
+    thread.join(timeout + 0.5)
+    return outcome[0] if outcome else f"no answer from {base} within {timeout:g} s"
+
+
+def wandb_offline_reason(probe_timeout: float = WANDB_PROBE_TIMEOUT) -> str | None:
+    """Why this process's wandb run must be offline (``WANDB_MODE``, no API key, a server that does not answer or
+    refuses the key), or None to go online. Decided before wandb makes any network call; other ranks than 0 never
+    log, so they do not probe."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    mode = os.environ.get("WANDB_MODE")
+    if mode in ("offline", "dryrun", "disabled"):
+        return f"WANDB_MODE={mode}"
+    if not wandb_api_key_present():
+        return "no API key (WANDB_API_KEY or `wandb login`)"
+    if getattr(rank_zero_only, "rank", 0) != 0:
+        return "not global rank 0"
+    return wandb_reachable(probe_timeout)
+
+
+class WandbRunLogger(WandbLogger):
+    """Lightning's ``WandbLogger`` that never stops a run: the mode chosen is passed to ``wandb.init`` itself (not
+    through ``WANDB_MODE``, which wandb ignores once its session has started), ``wandb.init`` online is bounded by
+    ``settings.init_timeout`` and falls back to offline when it fails, and any error of wandb while logging turns
+    this logger off with one warning (the CSV log goes on)."""
+
+    _broken = False
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        if self._wandb_init.get("anonymous") is None:
+            self._wandb_init.pop("anonymous", None)  # else wandb warns that the setting has no effect
+
+    @property
+    def experiment(self):
+        if self._experiment is not None or self._broken:
+            return self._experiment if self._experiment is not None else _Nothing()
+        try:
+            return super().experiment
+        except Exception as e:  # noqa: BLE001  (wandb raises CommError, UsageError, TimeoutError, ...)
+            if self._wandb_init.get("mode") == "offline":
+                return self._give_up(e)
+            warnings.warn(f"wandb: the online run could not start ({_one_line(e)}); logging offline to "
+                          f"{self._save_dir}/wandb (upload later with `wandb sync`)", stacklevel=2)
+            self._finish_quietly()
+            self._wandb_init["mode"], self._experiment = "offline", None
+            try:
+                return super().experiment
+            except Exception as e2:  # noqa: BLE001
+                return self._give_up(e2)
+
+    @property
+    def mode(self) -> str:
+        """``online``, ``offline`` or ``disabled``: what ``wandb.init`` is (or was) given; ``off`` after giving up."""
+        return "off" if self._broken else self._wandb_init["mode"]
+
+    def _give_up(self, e: Exception):
+        warnings.warn(f"wandb: logging to wandb is off for this run ({_one_line(e)}); metrics.csv holds the log",
+                      stacklevel=3)
+        self._finish_quietly()
+        self._broken, self._experiment = True, None
+        return _Nothing()
+
+    @staticmethod
+    def _finish_quietly() -> None:
+        """Close what the failed ``wandb.init`` left: the run, if any, and wandb's service process (which would
+        otherwise hold the run id: "run ID ... is in use")."""
+        import wandb
+        for close in (lambda: wandb.run is not None and wandb.finish(exit_code=1), wandb.teardown):
+            try:
+                close()
+            except Exception:  # noqa: BLE001
+                pass
+
+    def _guarded(name: str):  # noqa: N805  (a decorator of the methods below)
+        def method(self, *args, **kwargs):
+            if self._broken:
+                return None
+            try:
+                return getattr(WandbLogger, name)(self, *args, **kwargs)
+            except Exception as e:  # noqa: BLE001
+                self._give_up(e)
+        method.__name__ = name
+        return method
+
+    log_metrics = _guarded("log_metrics")
+    log_hyperparams = _guarded("log_hyperparams")
+    after_save_checkpoint = _guarded("after_save_checkpoint")
+    del _guarded
+
+
+class _Nothing:
+    """What a wandb logger that gave up hands out as its ``experiment``: any attribute, any call, nothing done."""
+
+    def __getattr__(self, name):
+        return self
+
+    def __call__(self, *args, **kwargs):
+        return None
+
+
+def _one_line(e: BaseException) -> str:
+    return f"{type(e).__name__}: " + " ".join(str(e).split())[:200]
 
 
 def wandb_logger(offline: bool | None = None, save_dir: str = ".", choices: dict | None = None,
-                 tags: list | None = None, **kwargs) -> WandbLogger:
-    """Lightning's ``WandbLogger``; ``offline=None`` means offline exactly when no API key is set, or when the
-    server cannot be reached or refuses the key (one warning, within seconds). The run id is the run
-    folder's (:func:`wandb_run_id`), with ``resume="allow"``: a resumed run continues its chart. ``choices``
-    (stem, attention, optimizer, ...) become tags ``key=value`` beside ``tags``."""
+                 tags: list | None = None, probe_timeout: float = WANDB_PROBE_TIMEOUT,
+                 init_timeout: float = WANDB_INIT_TIMEOUT, **kwargs) -> WandbRunLogger:
+    """A :class:`WandbRunLogger`; ``offline=None`` means offline exactly when :func:`wandb_offline_reason` gives a
+    reason (one warning when that is the server, within ``probe_timeout`` seconds). The run id is the run folder's
+    (:func:`wandb_run_id`), with ``resume="allow"``: a resumed run continues its chart. ``choices`` (stem,
+    attention, optimizer, ...) become tags ``key=value`` beside ``tags``."""
     if offline is None:
-        offline = os.environ.get("WANDB_MODE") == "offline" or not wandb_api_key_present()
-        if not offline:
-            problem = wandb_reachable()
-            if problem:
-                warnings.warn(f"wandb: {problem}; logging offline to {save_dir}/wandb (upload later with "
-                              "`wandb sync`)", stacklevel=2)
-                offline = True
+        reason = wandb_offline_reason(probe_timeout)
+        offline = reason is not None
+        if reason and not reason.startswith(("WANDB_MODE", "no API key", "not global rank")):
+            warnings.warn(f"wandb: {reason}; logging offline to {save_dir}/wandb (upload later with `wandb sync`)",
+                          stacklevel=2)
     tags = list(tags or []) + [f"{k}={v}" for k, v in (choices or {}).items() if v is not None]
-    return WandbLogger(offline=offline, save_dir=save_dir, id=wandb_run_id(save_dir), resume="allow", tags=tags,
-                       **kwargs)
+    settings = {"init_timeout": init_timeout, "finish_timeout": WANDB_FINISH_TIMEOUT, **kwargs.pop("settings", {})}
+    mode = "disabled" if os.environ.get("WANDB_MODE") == "disabled" else "offline" if offline else "online"
+    # the mode goes to wandb.init; Lightning's offline=True would set WANDB_MODE for the whole process (the next job)
+    return WandbRunLogger(save_dir=save_dir, id=wandb_run_id(save_dir), resume="allow", tags=tags, mode=mode,
+                          settings=settings, **kwargs)
 
 
 def finish_wandb(failed: bool) -> None:
@@ -118,4 +255,7 @@ def finish_wandb(failed: bool) -> None:
     import wandb
 
     if wandb.run is not None:
-        wandb.finish(exit_code=1 if failed else 0)
+        try:  # bounded by settings.finish_timeout; what is not uploaded stays on disk for `wandb sync`
+            wandb.finish(exit_code=1 if failed else 0)
+        except Exception as e:  # noqa: BLE001  (the run's results are written: wandb cannot fail it now)
+            warnings.warn(f"wandb: closing the run failed ({_one_line(e)}); metrics.csv holds the log", stacklevel=2)
