@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from tests.helpers import TINY, run_cli, train
-from vitstem.config import ConfigError
+from tests.helpers import TINY, compose_config, run_cli, train
+from vitstem.config import ConfigError, validate
 
 STEM = "model.stem.layers=[{kernel: 3, stride: 4, channels: 8}]"  # one stride-4 layer: patch 4 of TINY
 
@@ -73,6 +73,22 @@ STEM = "model.stem.layers=[{kernel: 3, stride: 4, channels: 8}]"  # one stride-4
     (["seed=abc"], "seed='abc' must be an integer"),
     (["matmul_precision=low"], "matmul_precision='low' must be 'highest', 'high' or 'medium'"),
     (["compile=1"], "compile=1 must be true or false"),
+    (["optimizer.lr=inf"], "optimizer.lr=inf must be a finite number (not inf or nan)"),  # was accepted, then diverged
+    (["optimizer.lr=nan"], "optimizer.lr=nan must be a finite number (not inf or nan)"),
+    (["scheduler=step", "scheduler.gamma=-inf"], "scheduler.gamma=-inf must be a finite number"),
+    (["+foo=1"], "foo=1 is not a known setting: the top level takes callbacks, ckpt_path, compile, data, "),
+    (["+optimizer.lrr=1"], "optimizer.lrr=1 is not a known setting (did you mean optimizer.lr?): optimizer "
+                           "(torch.optim.AdamW) takes amsgrad, betas, "),
+    (["+optimizer.momentum=0.9"], "optimizer.momentum=0.9 is not a known setting: optimizer (torch.optim.AdamW)"),
+    (["+scheduler.warmpu=2"], "scheduler.warmpu=2 is not a known setting (did you mean scheduler.warmup?)"),
+    (["+trainer.detect_anomly=true"], "trainer.detect_anomly=True is not a known setting (did you mean "
+                                      "trainer.detect_anomaly?): trainer (lightning.Trainer) takes"),
+    (["+model.qkv_bais=false"], "model.qkv_bais=False is not a known setting (did you mean model.qkv_bias?)"),
+    (["+data.root=/data"], "data.root='/data' is not a known setting: data "
+                           "(vitstem.data.synthetic.SyntheticDataModule) takes augment, holdout"),
+    (["+callbacks.stop={_target_: tests.helpers.SignalAt, stepp: 5}"],
+     "callbacks.stop.stepp=5 is not a known setting (did you mean callbacks.stop.step?): callbacks.stop "
+     "(tests.helpers.SignalAt) takes rank, signal, step, when_lr"),
 ])
 def test_a_bad_value_stops_the_run_naming_key_value_and_fix(tmp_path, overrides, message):
     with pytest.raises(ConfigError) as e:
@@ -88,3 +104,23 @@ def test_the_cli_prints_one_line_and_no_traceback(tmp_path):
     assert proc.returncode != 0 and "Traceback" not in proc.stderr and "Error executing job" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == "vitstem-train: configuration error: optimizer.lr='abc' must be a number"
     assert json.loads((tmp_path / "results.json").read_text())["status"] == "failed"
+
+
+@pytest.mark.parametrize("override", ["+optimizer.amsgrad=true", "+trainer.detect_anomaly=false",
+                                      "+model.qkv_bias=false", "+callbacks.stop={_target_: tests.helpers.SignalAt, step: 9}",
+                                      "+study.intervals={lr: [0.1, 1]}"])
+def test_a_key_the_schema_does_not_list_passes_when_its_constructor_takes_it(override):
+    validate(compose_config(TINY + [override]))  # a constructor's parameter, or under an UNCHECKED node (study)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("optimizer.lr=abc", "vitstem-recipes: xiao_c_4gf: optimizer.lr='abc' must be a number"),
+    ("+optimizer.lrr=1", "vitstem-recipes: xiao_c_4gf: optimizer.lrr=1 is not a known setting (did you mean "
+                         "optimizer.lr?)"),
+])
+def test_vitstem_recipes_refuses_a_bad_override_in_one_line(override, message):
+    from vitstem.recipes import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["xiao_c_4gf", override])
+    assert str(e.value).startswith(message) and "\n" not in str(e.value)

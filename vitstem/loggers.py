@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import inspect
 import json
 import netrc
 import os
@@ -236,6 +237,14 @@ def wandb_logger(offline: bool | None = None, save_dir: str = ".", choices: dict
     reason (one warning when that is the server, within ``probe_timeout`` seconds). The run id is the run folder's
     (:func:`wandb_run_id`), with ``resume="allow"``: a resumed run continues its chart. ``choices`` (stem,
     attention, optimizer, ...) become tags ``key=value`` beside ``tags``."""
+    import wandb
+
+    from vitstem.config import ConfigError
+
+    takes = set(inspect.signature(WandbLogger.__init__).parameters) | set(inspect.signature(wandb.init).parameters)
+    if unknown := sorted(set(kwargs) - takes):  # before the probe, and not left for wandb.init to refuse mid-run
+        raise ConfigError(f"logger.wandb.{unknown[0]}={kwargs[unknown[0]]!r} is not a known setting: logger.wandb "
+                          f"takes Lightning's WandbLogger's and wandb.init's arguments; fix its spelling or remove it")
     if offline is None:
         reason = wandb_offline_reason(probe_timeout)
         offline = reason is not None

@@ -18,7 +18,7 @@ import sys
 
 from omegaconf import DictConfig
 
-from vitstem.config import ConfigError, compose
+from vitstem.config import ConfigError, compose, validate
 from vitstem.paths import CONF_DIR
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
@@ -149,7 +149,9 @@ def ours(cfg: DictConfig) -> dict[str, str]:
 
 def compare(name: str, overrides: list[str] = ()) -> tuple[dict[str, str], int]:
     """The row of experiment ``name``: ours, with the paper's value after each cell that differs; the count."""
-    mine, theirs = ours(compose([f"experiment={name}", "data=imagenet", *overrides])), paper(name)
+    cfg = compose([f"experiment={name}", "data=imagenet", *overrides])
+    validate(cfg)  # a bad override: one line naming it (ConfigError), not a traceback from a cell's format
+    mine, theirs = ours(cfg), paper(name)
     row, differ = {}, 0
     for col in COLUMNS:
         value, ref = mine[col], theirs.get(col)
