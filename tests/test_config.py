@@ -124,3 +124,48 @@ def test_vitstem_recipes_refuses_a_bad_override_in_one_line(override, message):
     with pytest.raises(SystemExit) as e:
         main(["xiao_c_4gf", override])
     assert str(e.value).startswith(message) and "\n" not in str(e.value)
+
+
+# --- the schema cannot drift from conf/ -------------------------------------------------------------------------
+# Every composed config (each config group option, experiment and sweep form) is checked for keys the schema neither
+# lists nor leaves UNCHECKED in tests/test_train.py::test_every_config_group_option_composes, which composes them all
+# once already (composing costs ~0.1 s each).
+
+
+# constructor parameters deliberately left out of conf/, and why
+NOT_CONFIGURED = {("vitstem.runs.checkpoint.RunCheckpoint", "sync_every"): "how often DDP ranks agree on a signal: an "
+                  "implementation detail, not a setting"}
+
+
+def test_every_callback_takes_exactly_its_config_keys_and_the_schema_lists_them():
+    import inspect
+
+    from hydra.utils import get_class
+    from typing_extensions import get_type_hints
+
+    from vitstem.config import Callbacks, _fields
+
+    cfg = compose_config([])
+    schema = get_type_hints(Callbacks, include_extras=True)
+    assert set(cfg.callbacks) == set(schema)  # every default callback has its schema entry, and no other
+    for name, node in cfg.callbacks.items():
+        target = node._target_
+        own = {p.name for p in inspect.signature(get_class(target).__init__).parameters.values()
+               if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+        own -= {param for (t, param) in NOT_CONFIGURED if t == target}
+        keys = set(node) - {"_target_"}
+        assert keys == own, f"callbacks.{name}: conf/callbacks keys {sorted(keys)} != {target}'s parameters {sorted(own)}"
+        listed = set(_fields(schema[name])) - {"_target_"}
+        assert listed == own, f"callbacks.{name}: the schema lists {sorted(listed)}, {target} takes {sorted(own)}"
+
+
+def test_the_drift_checks_see_a_new_key():
+    from omegaconf import open_dict
+
+    from vitstem.config import unlisted_keys, values_of
+
+    cfg = compose_config([])
+    with open_dict(cfg):
+        cfg.optimizer.warmup_lr = 0.1  # as if an option file added a key the schema does not list
+        cfg.study.stems = {"a": 1}  # under UNCHECKED: fine
+    assert [k for k, *_ in unlisted_keys(values_of(cfg))] == ["optimizer.warmup_lr"]

@@ -7,7 +7,7 @@ import torch
 from hydra.errors import MissingConfigException
 
 from tests.helpers import TINY, compose_config, run_cli, train
-from vitstem.config import validate
+from vitstem.config import unlisted_keys, validate, values_of
 from vitstem.paths import CONF_DIR
 
 RESULT_KEYS = {"status", "final_val_acc1", "best_val_acc1", "final_val_err1", "best_val_err1", "epochs", "steps",
@@ -91,6 +91,7 @@ def test_every_config_group_option_composes(group, option):
     assert cfg.hydra.runtime.choices[group] == option
     assert cfg.model.name and cfg.optimizer.lr > 0 and cfg.data.loader.batch_size >= 1
     validate(cfg)  # and passes the schema
+    assert not (keys := unlisted_keys(values_of(cfg))), f"not in vitstem/config.py's schema nor UNCHECKED: {keys[0][0]}"
 
 
 def test_unknown_group_option_names_the_choices():
