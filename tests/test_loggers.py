@@ -3,7 +3,6 @@ wandb trouble never stopping a run; CSV continued on resume."""
 import json
 import socket
 import time
-from pathlib import Path
 
 import pytest
 from lightning.pytorch.loggers import WandbLogger

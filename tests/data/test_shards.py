@@ -19,7 +19,8 @@ from tests.helpers import TINY, train
 from vitstem.config import ConfigError
 from vitstem.data.imagenet import CorruptImageError
 from vitstem.data.shard_cli import main as shard_cli
-from vitstem.data.shards import ShardLoader, ShardPosition, ShardSplit, ShardStream, read_index, write_shards
+from vitstem.data.shard_writer import write_shards
+from vitstem.data.shards import ShardLoader, ShardPosition, ShardSplit, ShardStream, read_index
 from vitstem.train import Interrupted
 
 WNIDS = [f"n{c:08d}" for c in range(3)]
@@ -206,6 +207,7 @@ class RecordBatches(L.Callback):
             f.write(json.dumps([trainer.global_step, digest(batch[0].cpu())]) + "\n")
 
 
+@pytest.mark.e2e
 def test_trains_and_resumes_mid_epoch_through_the_app(tmp_path):
     # 16 px square images at img_size 16 with crop scale [1, 1]: every random-resized crop is the whole image, so
     # the training batches are a function of the sample order alone and a resumed run must see bit-identical ones

@@ -4,7 +4,7 @@
     vitstem-shard /data/imagenet /data/in100_shards --num-classes 100 --shard-size 256MB
     vitstem-train data=imagenet_shards data.root=/data/imagenet_shards
 
-The format and the loader: :mod:`vitstem.data.shards`. Errors (a missing folder, a class setting that does not fit,
+The format: :mod:`vitstem.data.shard_writer`; the loader: :mod:`vitstem.data.shards`. Errors (a missing folder, a class setting that does not fit,
 an output folder that is not empty) end the command with one line and exit status 2.
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=4, help="shards written at once (threads)")
     p.add_argument("--overwrite", action="store_true", help="replace the index.json and shards already in OUT")
     a = p.parse_args(argv)
-    from vitstem.data.shards import ShardError, write_shards  # torch and timm: seconds, not for --help
+    from vitstem.data.shard_writer import ShardError, write_shards  # torch and timm: seconds, not for --help
 
     try:
         index = write_shards(a.imagenet, a.out, shard_size=a.shard_size, num_classes=a.num_classes, classes=a.classes,
