@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import re
 import typing
 from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -14,6 +15,17 @@ from typing_extensions import NotRequired, TypedDict, is_typeddict
 
 class ConfigError(ValueError):
     """A setting that cannot work; the message names the key, the value and what to do."""
+
+
+class DataError(RuntimeError):
+    """Data that cannot be read as the settings say (a damaged shard, an unreadable image), met while training; the
+    message names the file and what to do, in one line. Raised in a DataLoader worker, torch raises it again in the
+    main process with the worker's traceback as its message: that is cut back to the original line here."""
+
+    def __init__(self, message: str = ""):
+        if message.startswith("Caught ") and "\nOriginal Traceback" in message:
+            message = re.sub(r"^[\w.]+: ", "", message.strip().splitlines()[-1])
+        super().__init__(message)
 
 
 # The schema holds types and ranges only: every value comes from conf/. Choices that a component owns (stem

@@ -28,7 +28,7 @@ from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from vitstem.config import ConfigError, validate
+from vitstem.config import ConfigError, DataError, validate
 from vitstem.instrument import RESULT_KEYS
 from vitstem.paths import CONF_DIR
 from vitstem.results import hparams, make_results, write_results
@@ -219,6 +219,10 @@ def _main(cfg: DictConfig) -> None:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # the sweeper records this job as failed and goes on to the next
         sys.exit(f"vitstem-train: configuration error: {e}")
+    except DataError as e:  # a damaged shard or image met in training (all of it in traceback.txt)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise
+        sys.exit(f"vitstem-train: data error: {e}")
     except Interrupted as e:
         slurm.requeue_if_signalled()  # under submitit, after a time-limit / preemption signal: requeue (rank 0)
         sys.exit(f"vitstem-train: interrupted: {e}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import json
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import lightning as L
 import pytest
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader
 from torchvision import transforms as T
 
 from tests.data.tiny_files import write_imagefolder
@@ -20,7 +22,8 @@ from vitstem.config import ConfigError
 from vitstem.data.imagenet import CorruptImageError
 from vitstem.data.shard_cli import main as shard_cli
 from vitstem.data.shard_writer import write_shards
-from vitstem.data.shards import ShardLoader, ShardPosition, ShardSplit, ShardStream, read_index
+from vitstem.data.shard_writer import ShardError
+from vitstem.data.shards import ShardLoader, ShardPosition, ShardSplit, ShardStream, read_index, read_shard
 from vitstem.train import Interrupted
 
 WNIDS = [f"n{c:08d}" for c in range(3)]
@@ -159,11 +162,82 @@ def test_unreadable_image_stops_naming_it_or_is_replaced_and_counted(shards, tmp
     bad = tmp_path / "in"
     write_imagefolder(bad, classes=2, train_per_class=3, val_per_class=1)
     (bad / "train" / "n00000001" / "n00000001_0.JPEG").write_bytes(b"not a jpeg")
-    write_shards(bad, tmp_path / "out", progress=lambda _: None)
+    write_shards(bad, tmp_path / "out", progress=lambda _: None, verify=False)  # copied unchecked
     with pytest.raises(CorruptImageError, match=r"n00000001/n00000001_0 of shard .*train-000000.tar"):
         list(ShardStream(split_of(tmp_path / "out"), 3, T.ToTensor(), drop_last=True))
     stream = ShardStream(split_of(tmp_path / "out"), 3, T.ToTensor(), drop_last=True, skip_corrupt=True)
     assert len(list(stream)) == 6 and int(stream.bad) == 1
+
+
+def test_vitstem_shard_decodes_every_image_and_stops_skips_or_says_it_did_not(tmp_path, capsys):
+    folder = write_imagefolder(tmp_path / "in", classes=2, train_per_class=4, val_per_class=1)
+    bad = folder / "train" / "n00000001" / "n00000001_2.JPEG"
+    bad.write_bytes(bad.read_bytes()[:-200])  # a truncated copy: PIL opens it, decoding fails
+    assert shard_cli([str(folder), str(tmp_path / "out"), "--shard-size", "3"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"vitstem-shard: error: cannot decode image {bad} (OSError: image "
+                                                   "file is truncated") and "--skip-corrupt" in err, err
+    assert not (tmp_path / "out" / "index.json").exists() and not list((tmp_path / "out").glob(".*.tmp"))
+
+    assert shard_cli([str(folder), str(tmp_path / "out"), "--shard-size", "3", "--skip-corrupt", "--overwrite"]) == 0
+    out = capsys.readouterr().out
+    assert "wrote 7 training images" in out and "9 images decoded, 1 that do not left out" in out
+    index = read_index(tmp_path / "out")
+    assert index["verified"] and index["unreadable"] == [str(bad)] and index["splits"]["train"]["samples"] == 7
+    assert sum(s["samples"] for s in index["splits"]["train"]["shards"]) == 7
+    keys = [k for k, *_ in ShardStream(split_of(tmp_path / "out"), 1, None).raw(0, 0, 0, 1)]
+    assert len(keys) == 7 and "n00000001/n00000001_2" not in keys
+
+    assert shard_cli([str(folder), str(tmp_path / "out"), "--no-verify", "--overwrite"]) == 0
+    assert "10 images copied unverified (--no-verify)" in capsys.readouterr().out
+    index = read_index(tmp_path / "out")
+    assert not index["verified"] and index["splits"]["train"]["samples"] == 8
+
+
+def test_a_truncated_or_missing_shard_is_named_in_one_line_before_training(shards, datamodule, tmp_path):
+    _, written = shards
+    out = tmp_path / "copy"
+    shutil.copytree(written, out)
+    shard = out / "train-000002.tar"
+    data = shard.read_bytes()
+    shard.write_bytes(data[:len(data) // 2])  # an interrupted copy
+    with pytest.raises(ConfigError) as e:
+        datamodule(args(out))
+    assert str(e.value) == (f"imagenet_shards: shard {shard} is {len(data) // 2} bytes, {out / 'index.json'} says "
+                            f"{len(data)}: it is truncated; copy it again from the source, or write the shards again "
+                            "with vitstem-shard --overwrite")
+    shard.unlink()
+    with pytest.raises(ConfigError, match=r"^imagenet_shards: 1 shard\(s\) of .*index.json are missing "
+                                          r"\(train-000002.tar\): copy them") as e:
+        datamodule(args(out))
+    assert "\n" not in str(e.value)
+
+
+def test_a_shard_damaged_after_the_start_is_named_when_read(shards, tmp_path):
+    _, written = shards
+    split = split_of(written)
+    path, n = split.shards[1]
+    truncated = tmp_path / "truncated.tar"
+    truncated.write_bytes(Path(path).read_bytes()[:3000])  # a member's data cut short
+    with pytest.raises(ShardError, match=rf"^shard {truncated} cannot be read at sample \d \(ReadError: unexpected end "
+                                         r"of data\): copy it again"):
+        list(read_shard(str(truncated)))
+    # read in a loader worker, as in training: torch raises it again in the main process, cut back to its one line
+    loader = DataLoader(ShardStream(ShardSplit(((str(truncated), n),)), 1, None), batch_size=None, num_workers=1)
+    with pytest.raises(ShardError) as e:
+        list(loader)
+    assert str(e.value).startswith(f"shard {truncated} cannot be read at sample ") and "\n" not in str(e.value)
+    damaged = tmp_path / "damaged.tar"
+    data = bytearray(Path(path).read_bytes())
+    members = tar_members(Path(path))
+    with tarfile.open(path) as tar:
+        offset = tar.getmembers()[4].offset  # the header of the third sample's image
+    data[offset:offset + 512] = b"\xff" * 512  # a damaged header: tarfile stops there without a word
+    damaged.write_bytes(bytes(data))
+    assert len(members) == 2 * n
+    with pytest.raises(ShardError, match=rf"^shard {damaged} ends after 2 samples, index.json says it holds at least "
+                                         rf"{n} \(damaged or replaced\)"):
+        list(read_shard(str(damaged), 0, n))
 
 
 def args(root, *more: str) -> list[str]:

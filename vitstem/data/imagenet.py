@@ -36,7 +36,7 @@ from timm.data import create_transform
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from vitstem.config import ConfigError
+from vitstem.config import ConfigError, DataError
 from vitstem.data.augment import AugmentedDataModule, train_transform
 
 log = logging.getLogger("vitstem")
@@ -47,7 +47,7 @@ HOW_TO_GET = ("ImageNet cannot be downloaded automatically: get ILSVRC2012_img_t
               "point data.root (default $VITSTEM_DATA/imagenet, else ./data/imagenet) at <root>")
 
 
-class CorruptImageError(RuntimeError):
+class CorruptImageError(DataError):
     """An image file that PIL cannot read."""
 
 

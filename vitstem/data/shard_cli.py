@@ -27,21 +27,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="of the random order of the training samples over the shards")
     p.add_argument("--workers", type=int, default=4, help="shards written at once (threads)")
     p.add_argument("--overwrite", action="store_true", help="replace the index.json and shards already in OUT")
+    p.add_argument("--skip-corrupt", action="store_true",
+                   help="leave out an image that does not decode (listed in index.json), instead of stopping")
+    p.add_argument("--no-verify", action="store_true", help="copy the images unchecked (else each is decoded first)")
     a = p.parse_args(argv)
     from vitstem.data.shard_writer import ShardError, write_shards  # torch and timm: seconds, not for --help
 
     try:
         index = write_shards(a.imagenet, a.out, shard_size=a.shard_size, num_classes=a.num_classes, classes=a.classes,
-                             max_per_class=a.max_per_class, seed=a.seed, overwrite=a.overwrite, workers=a.workers)
+                             max_per_class=a.max_per_class, seed=a.seed, overwrite=a.overwrite, workers=a.workers,
+                             verify=not a.no_verify, skip_corrupt=a.skip_corrupt)
     except (ConfigError, ShardError, OSError) as e:
         message = " ".join(str(e).split()).removeprefix("vitstem-shard: ")
         print(f"vitstem-shard: error: {message}", file=sys.stderr)
         return 2
     splits = index["splits"]
     gb = sum(s["bytes"] for split in splits.values() for s in split["shards"]) / 1e9
+    images = splits["train"]["samples"] + splits["val"]["samples"]
+    bad = index["unreadable"]
+    checked = (f"all {images} images decoded" if not bad else f"{images} images decoded, {len(bad)} that do not left "
+               f"out (listed in {a.out}/index.json, e.g. {bad[0]})") if index["verified"] else \
+        f"{images} images copied unverified (--no-verify)"
     print(f"wrote {splits['train']['samples']} training images in {len(splits['train']['shards'])} shards and "
           f"{splits['val']['samples']} validation images in {len(splits['val']['shards'])} shards ({gb:.2f} GB) to "
-          f"{a.out}; train with: vitstem-train data=imagenet_shards data.root={a.out} "
+          f"{a.out}; {checked}; train with: vitstem-train data=imagenet_shards data.root={a.out} "
           f"data.num_classes={len(index['classes'])}")
     return 0
 

@@ -12,7 +12,10 @@ folders, or ``--num-classes`` / ``--classes``, and ``--max-per-class``). A key i
 underscores: webdataset splits a member name at the first dot of its base name); a file's extension becomes ``jpg``
 for ``.JPEG`` / ``.jpeg`` and stays otherwise (``png``). Training samples are written in one random order over all
 shards (``--seed``), validation samples in class order. ``--shard-size`` is a number of images (``1000``) or a size
-(``256MB``). ``index.json`` is written last: without it the shards are incomplete.
+(``256MB``). Every image is decoded before it is written (``--no-verify``: copied unchecked; ``--skip-corrupt``: one
+that does not decode is left out and listed in ``index.json``, else it stops the writing naming the file).
+``index.json`` is written last: without it the shards are incomplete. It holds each shard's size in bytes, so that
+training finds a truncated or replaced shard before it starts.
 """
 from __future__ import annotations
 
@@ -26,8 +29,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
-from vitstem.config import ConfigError
+from vitstem.config import ConfigError, DataError
 from vitstem.data.imagenet import scan_imagefolder
 
 INDEX = "index.json"
@@ -37,7 +41,7 @@ IMAGE_EXTS = ("jpg", "jpeg", "png", "ppm", "bmp", "pgm", "tif", "tiff", "webp")
 SHARD_NAME = re.compile(r"^(train|val)-\d{6}\.tar$")
 
 
-class ShardError(RuntimeError):
+class ShardError(DataError):
     """Shards that cannot be written or read as they are (a missing member, a duplicate key, ...)."""
 
 
@@ -70,17 +74,47 @@ def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
     return info
 
 
-def _write_shard(path: Path, samples: list[tuple[str, str, str, int]]) -> int:
-    """Write ``(key, ext, file, label)`` samples to the tar ``path`` (via a temporary name); its size in bytes."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tarfile.open(tmp, "w", format=tarfile.GNU_FORMAT) as tar:
-        for key, ext, file, label in samples:
-            data = Path(file).read_bytes()
-            tar.addfile(_tarinfo(f"{key}.{ext}", len(data)), io.BytesIO(data))
-            cls = str(label).encode()
-            tar.addfile(_tarinfo(f"{key}.cls", len(cls)), io.BytesIO(cls))
+def undecodable(data: bytes) -> str | None:
+    """None if ``data`` is an image PIL decodes in full, else why not (one line). A JPEG is decoded at 1/8 scale
+    (PIL's ``draft``: every byte is still read, so truncation is still found; 2.7 ms instead of 3.5 ms for a 92 kB
+    500 x 375 JPEG on one loaded core)."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.draft(img.mode, (max(1, img.width // 8), max(1, img.height // 8)))
+            img.load()
+    except UnidentifiedImageError:
+        return "not an image file PIL can identify"
+    except Exception as e:  # noqa: BLE001  (PIL raises OSError, SyntaxError, ValueError, ... on bad data)
+        return " ".join(f"{type(e).__name__}: {e}".split())
+    return None
+
+
+def _write_shard(path: Path, samples: list[tuple[str, str, str, int]], verify: bool = True,
+                 skip_corrupt: bool = False) -> tuple[int, int, list[str]]:
+    """Write ``(key, ext, file, label)`` samples to the tar ``path`` (via a temporary name): its size in bytes, the
+    samples written and the files left out. With ``verify`` every image must decode (:func:`undecodable`): one that
+    does not stops the writing (:class:`ShardError` naming it), or with ``skip_corrupt`` is left out."""
+    tmp, written, left_out = path.with_name(f".{path.name}.tmp"), 0, []
+    try:
+        with tarfile.open(tmp, "w", format=tarfile.GNU_FORMAT) as tar:
+            for key, ext, file, label in samples:
+                data = Path(file).read_bytes()
+                if verify and (why := undecodable(data)):
+                    if not skip_corrupt:
+                        raise ShardError(f"cannot decode image {file} ({why}): replace it, or pass --skip-corrupt to "
+                                         f"leave unreadable images out (listed in {INDEX}) or --no-verify to copy "
+                                         "images unchecked (then run again with --overwrite)")
+                    left_out.append(str(file))
+                    continue
+                tar.addfile(_tarinfo(f"{key}.{ext}", len(data)), io.BytesIO(data))
+                cls = str(label).encode()
+                tar.addfile(_tarinfo(f"{key}.cls", len(cls)), io.BytesIO(cls))
+                written += 1
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
-    return path.stat().st_size
+    return path.stat().st_size, written, left_out
 
 
 def _chunks(samples: list, images: int | None, max_bytes: int | None) -> list[list]:
@@ -114,8 +148,14 @@ def _clear(out: Path, overwrite: bool) -> None:
 
 def write_shards(root: str | Path, out: str | Path, shard_size: str = "1000", num_classes: int | None = None,
                  classes: list[str] | None = None, max_per_class: int | None = None, seed: int = 0,
-                 overwrite: bool = False, workers: int = 4, progress: Callable[[str], None] = print) -> dict:
-    """Write the ImageNet-style folder ``root`` as shards into ``out`` (module docstring); return the index."""
+                 overwrite: bool = False, workers: int = 4, progress: Callable[[str], None] = print, verify: bool = True,
+                 skip_corrupt: bool = False) -> dict:
+    """Write the ImageNet-style folder ``root`` as shards into ``out`` (module docstring); return the index.
+
+    ``verify``: decode every image before it is written; an image that does not decode stops the writing with a
+    :class:`ShardError` naming it (the index is not written: the shards are incomplete), or with ``skip_corrupt``
+    is left out and listed in the index (``unreadable``). ``verify=False`` copies the bytes unchecked (the index
+    says ``"verified": false``)."""
     if not str(out).strip():
         raise ConfigError("the output folder is empty (''): give the folder to write the shards to")
     images, max_bytes = parse_shard_size(shard_size)
@@ -129,7 +169,7 @@ def write_shards(root: str | Path, out: str | Path, shard_size: str = "1000", nu
     _clear(out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     order = np.random.default_rng(seed).permutation(len(train))  # one random order over all training shards
-    splits = {}
+    splits, unreadable = {}, []
     for split, samples in (("train", [train[i] for i in order]), ("val", val)):
         rows = [(*_key(path), path, label) for path, label in samples]
         keys = [r[0] for r in rows]
@@ -141,15 +181,21 @@ def write_shards(root: str | Path, out: str | Path, shard_size: str = "1000", nu
         chunks = _chunks(rows, images, max_bytes)
         paths = [out / f"{split}-{i:06d}.tar" for i in range(len(chunks))]
         with ThreadPoolExecutor(workers) as pool:
-            sizes, step = [], max(1, len(chunks) // 10)
-            for i, size in enumerate(pool.map(_write_shard, paths, chunks)):
-                sizes.append(size)
-                if (i + 1) % step == 0 or i + 1 == len(chunks):
-                    progress(f"{split}: {i + 1}/{len(chunks)} shards written")
-        splits[split] = dict(samples=len(rows), shuffled=split == "train",
-                             shards=[dict(file=p.name, samples=len(c), bytes=s) for p, c, s in zip(paths, chunks, sizes)])
+            futures = [pool.submit(_write_shard, p, c, verify, skip_corrupt) for p, c in zip(paths, chunks)]
+            written, step = [], max(1, len(chunks) // 10)
+            try:
+                for i, future in enumerate(futures):
+                    written.append(future.result())
+                    if (i + 1) % step == 0 or i + 1 == len(chunks):
+                        progress(f"{split}: {i + 1}/{len(chunks)} shards written")
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)  # the shards not begun are not written
+                raise
+        unreadable += [f for _, _, left_out in written for f in left_out]
+        splits[split] = dict(samples=sum(n for _, n, _ in written), shuffled=split == "train",
+                             shards=[dict(file=p.name, samples=n, bytes=size) for p, (size, n, _) in zip(paths, written)])
     index = dict(format=FORMAT, classes=classes, source=str(Path(root).resolve()), seed=seed, shard_size=str(shard_size),
-                 max_per_class=max_per_class, splits=splits)
+                 max_per_class=max_per_class, verified=verify, unreadable=unreadable, splits=splits)
     tmp = out / f".{INDEX}.tmp"
     tmp.write_text(json.dumps(index, indent=1) + "\n")
     os.replace(tmp, out / INDEX)

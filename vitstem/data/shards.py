@@ -89,19 +89,32 @@ def _grouped(tar: tarfile.TarFile) -> Iterator[tuple[str, list[tuple[str, tarfil
 
 def read_shard(path: str, start: int = 0, stop: int | None = None) -> Iterator[tuple[str, bytes, int]]:
     """``(key, image bytes, label)`` of samples ``start``..``stop`` of the shard ``path``; the samples before
-    ``start`` are passed over by their headers."""
-    with open(path, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
-        for i, (key, members) in enumerate(_grouped(tar)):
-            if stop is not None and i >= stop:
-                return
-            if i < start:
-                continue
-            image = next((m for ext, m in members if ext in IMAGE_EXTS), None)
-            cls = next((m for ext, m in members if ext == "cls"), None)
-            if image is None or cls is None:
-                raise ShardError(f"sample {key!r} of shard {path} has no {'image' if image is None else '.cls'} member "
-                                 f"(members: {[m.name for _, m in members]}); write the shards again with vitstem-shard")
-            yield key, tar.extractfile(image).read(), int(tar.extractfile(cls).read())
+    ``start`` are passed over by their headers. A shard that cannot be read, or that ends before ``stop`` (tar
+    stops silently at a damaged header), raises a one-line :class:`ShardError` naming it."""
+    i = -1
+    try:
+        with open(path, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
+            for i, (key, members) in enumerate(_grouped(tar)):
+                if stop is not None and i >= stop:
+                    return
+                if i < start:
+                    continue
+                image = next((m for ext, m in members if ext in IMAGE_EXTS), None)
+                cls = next((m for ext, m in members if ext == "cls"), None)
+                if image is None or cls is None:
+                    raise ShardError(f"sample {key!r} of shard {path} has no {'image' if image is None else '.cls'} "
+                                     f"member (members: {[m.name for _, m in members]}); write the shards again with "
+                                     "vitstem-shard")
+                yield key, tar.extractfile(image).read(), int(tar.extractfile(cls).read())
+    except (tarfile.TarError, EOFError, OSError, ValueError) as e:  # truncated, damaged, gone since the start
+        raise ShardError(f"shard {path} cannot be read at sample {i + 1} ({type(e).__name__}: "
+                         f"{' '.join(str(e).split())}): {_FIX}") from None
+    if stop is not None and i + 1 < stop:
+        raise ShardError(f"shard {path} ends after {i + 1} samples, {INDEX} says it holds at least {stop} (damaged or "
+                         f"replaced): {_FIX}")
+
+
+_FIX = "copy it again from the source, or write the shards again with vitstem-shard --overwrite"
 
 
 @dataclass(frozen=True)
@@ -313,10 +326,18 @@ def read_index(root: Path) -> dict:
     if index.get("format") != FORMAT or not all(s in index.get("splits", {}) for s in SPLITS):
         raise ConfigError(f"imagenet_shards: {path} is not a {FORMAT} index with train and val splits: write the shards "
                           f"again with `vitstem-shard <imagenet folder> {root} --overwrite`")
-    missing = [s["file"] for split in SPLITS for s in index["splits"][split]["shards"] if not (root / s["file"]).is_file()]
+    shards = [s for split in SPLITS for s in index["splits"][split]["shards"]]
+    missing = [s["file"] for s in shards if not (root / s["file"]).is_file()]
     if missing:
-        raise ConfigError(f"imagenet_shards: {len(missing)} shard(s) of {path} are missing ({missing[:3]}"
+        raise ConfigError(f"imagenet_shards: {len(missing)} shard(s) of {path} are missing ({', '.join(missing[:3])}"
                           f"{' ...' if len(missing) > 3 else ''}): copy them, or write the shards again with vitstem-shard")
+    # a truncated copy (an interrupted rsync, a full disk) or a replaced file: found here, not at its first read
+    wrong = [(s["file"], (root / s["file"]).stat().st_size, s["bytes"]) for s in shards
+             if "bytes" in s and (root / s["file"]).stat().st_size != s["bytes"]]
+    if wrong:
+        (name, size, expected), more = wrong[0], f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""
+        raise ConfigError(f"imagenet_shards: shard {root / name} is {size} bytes, {path} says {expected}{more}: it is "
+                          f"{'truncated' if size < expected else 'not the one written'}; {_FIX}")
     return index
 
 
