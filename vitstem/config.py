@@ -95,7 +95,7 @@ class Scheduler(TypedDict):
 class Trainer(TypedDict):
     _target_: Target
     accelerator: str
-    strategy: str
+    strategy: str | dict[str, Any]  # a name, or a _target_ node (a Lightning strategy with arguments)
     max_epochs: Count
     devices: Literal[-1] | Count | str | list[Index]  # all, a count, "auto" or "0,1", device indices
     num_nodes: Count
@@ -313,10 +313,10 @@ class CSV(TypedDict):  # vitstem.loggers.CSVLogger
 class Wandb(TypedDict):  # vitstem.loggers.wandb_logger
     _target_: Target
     project: str
-    group: str
+    group: str | int
     name: str
     job_type: str
-    tags: list[str]
+    tags: list[str | int | float]
     choices: dict[str, str | None]
     save_dir: str | None  # ${run_dir}
     offline: bool | None
@@ -339,8 +339,8 @@ class Study(TypedDict):  # set by a sweep (conf/sweep/); its own tables sit besi
 
 @with_config(Open)
 class Config(TypedDict):
-    name: str
-    tags: list[str]
+    name: str | int  # name=2024 is read as a number
+    tags: list[str | int | float]
     run_dir: str | None  # None in a config composed outside the app (vitstem-recipes, vitstem-bench)
     retrain: bool
     study: Study
@@ -471,9 +471,11 @@ def unlisted_keys(values: dict) -> list[tuple[str, str, dict, dict]]:
     return found
 
 
-def parameters(target: str) -> set[str] | None:
-    """The keyword parameters of the callable ``target`` (an import path), a class's along its bases while an
-    ``__init__`` passes ``**kwargs`` on; None when it takes any keyword or cannot be imported."""
+def parameters(target: str, follow_bases: bool = False) -> set[str] | None:
+    """The keyword parameters of the callable ``target`` (an import path); None when it takes ``**kwargs`` or cannot
+    be imported. ``follow_bases``: a class whose ``__init__`` passes ``**kwargs`` to its base's (as ViT to timm's
+    VisionTransformer) takes the base's parameters too (not assumed otherwise: Lightning's DDPStrategy passes its
+    ``**kwargs`` to torch's DistributedDataParallel)."""
     from hydra.utils import get_object
 
     try:
@@ -490,6 +492,8 @@ def parameters(target: str) -> set[str] | None:
         names |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self"}
         if not any(p.kind is p.VAR_KEYWORD for p in params):
             return names
+        if not follow_bases:
+            return None
     return None
 
 
@@ -522,7 +526,7 @@ def check_keys(values: dict) -> None:
         if path not in built:
             _refuse(key, node[key.rsplit(".", 1)[-1]], path, sorted(fields), path or "the top level")
     for path, node, target in _targets(values):
-        takes = parameters(target)
+        takes = parameters(target, follow_bases=path in RECEIVERS)
         if takes is None:
             continue
         own = CONSUMED.get(path, set())
