@@ -100,7 +100,8 @@ def run(cfg: DictConfig) -> dict:
     with RunRecord(cfg, cfg.ckpt_path, locked=plan.locked) as record:
         with config_errors():
             validate(cfg)
-            (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+            if folder.plans_here():
+                (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
             import lightning as L
             import torch
 

@@ -72,12 +72,21 @@ def _fresh_sibling(run_dir: Path) -> Path:
     return run_dir.with_name(f"{run_dir.name}-retrain{k}")
 
 
+def _resolved(cfg: DictConfig) -> dict:
+    """The run's settings, resolved (without Hydra's own node, where a composed config still has it)."""
+    if "hydra" in cfg:
+        cfg = cfg.copy()
+        with open_dict(cfg):
+            del cfg["hydra"]
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
 def plan(cfg: DictConfig, run_dir: Path, retrain: bool = False) -> Plan:
     """Decide what this run does with ``run_dir`` (see the module docstring); raise ConfigError on a clash."""
     run_dir = Path(run_dir)
     if retrain and _holds_a_run(run_dir):  # retrain: a fresh folder, whatever this one holds (even a corrupt record)
         return Plan("train", _fresh_sibling(run_dir))
-    problem = refusal(run_dir, OmegaConf.to_container(cfg, resolve=True))
+    problem = refusal(run_dir, _resolved(cfg))
     if problem:
         raise ConfigError(problem)
     previous = read_results(run_dir)
@@ -103,6 +112,11 @@ def launcher_rank() -> int:
         if os.environ.get(rank, "").isdigit() and int(os.environ.get(size, "1") or 1) > 1:
             return int(os.environ[rank])
     return 0
+
+
+def plans_here() -> bool:
+    """Whether this process is the rank that decides for the run folder (global rank 0): the others follow it."""
+    return os.environ.get(CHILD_ENV) != "1" and launcher_rank() == 0
 
 
 def _attempt() -> dict:

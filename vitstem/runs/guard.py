@@ -13,7 +13,6 @@ and :mod:`vitstem.runs.lock` (a folder being written) are made earlier as well:
 from __future__ import annotations
 
 import copy
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,16 +41,11 @@ def _settings(config: DictConfig, output_dir: Path) -> dict:
         HydraConfig.instance().cfg = saved
 
 
-def _plans_here() -> bool:
-    """Rank 0 of a job decides for its folder; the other ranks follow it (:func:`vitstem.runs.folder.decide`)."""
-    return os.environ.get(folder.CHILD_ENV) != "1" and folder.launcher_rank() == 0
-
-
 class FolderGuard(Callback):
     """``vitstem-train`` (run mode): refuse a folder of other settings, or one being written, before Hydra writes."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if not _plans_here():
+        if not folder.plans_here():  # rank 0 decides for the folder; the other ranks follow it
             return
         saved = HydraConfig.instance().cfg
         HydraConfig.instance().set_config(config)
@@ -100,7 +94,7 @@ def check_sweep(config: DictConfig, loader, jobs: list[list[str]]) -> str | None
                 job.hydra.job.id, job.hydra.job.num = num, num
         problem = folder.refusal(path, _settings(job, path))
         if problem:
-            return f"job {num} ({' '.join(overrides)}): {problem}"
+            return f"job {num}: {problem}"
     return None
 
 

@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 
 from vitstem.config import ConfigError
 from vitstem.instrument import RESULT_KEYS
-from vitstem.runs import lock
+from vitstem.runs import folder, lock
 from vitstem.runs.results import ResultsError, hparams, make_results, print_summary, write_results
 from vitstem.scale import ddp
 
@@ -102,7 +102,7 @@ class RunRecord:
 
     @property
     def _rank_zero(self) -> bool:
-        return self.trainer is None or self.trainer.is_global_zero
+        return self.trainer.is_global_zero if self.trainer is not None else folder.plans_here()
 
     def _write(self, failing: bool) -> None:
         try:

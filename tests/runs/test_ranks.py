@@ -1,0 +1,67 @@
+"""Only global rank 0 plans the run folder; ranks that srun (or submitit, torchrun) started follow its plan."""
+import json
+
+import pytest
+
+from tests.helpers import TINY, compose_config, train
+from vitstem.config import ConfigError
+from vitstem.runs import folder
+from vitstem.train import Interrupted
+
+STOP = "+callbacks.stop={_target_: tests.helpers.SignalAt, step: 1, signal: SIGUSR1}"
+
+
+def _srun_task(monkeypatch, rank: int, restart: int | None = None):
+    """The variables srun gives task ``rank`` of a 2-task job (named ``bash``: Lightning then starts no DDP here)."""
+    for key, value in {"SLURM_JOB_ID": "4242", "SLURM_NTASKS": "2", "SLURM_PROCID": str(rank),
+                       "SLURM_LOCALID": str(rank), "SLURM_NODEID": "0", "SLURM_JOB_NAME": "bash"}.items():
+        monkeypatch.setenv(key, value)
+    if restart is None:
+        monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
+    else:
+        monkeypatch.setenv("SLURM_RESTART_COUNT", str(restart))
+
+
+def test_every_task_follows_rank_0_and_a_requeued_job_resumes_its_folder(tmp_path, monkeypatch):
+    run_dir = tmp_path / "R"
+    train(TINY, run_dir)  # a finished run: retrain=true trains again beside it
+    overrides = [o for o in TINY if "limit_train" not in o] + ["trainer.limit_train_batches=4", "retrain=true"]
+
+    _srun_task(monkeypatch, rank=0)
+    with pytest.raises(Interrupted):  # the first attempt: stopped by the scheduler's signal after step 2
+        train(overrides + [STOP], run_dir)
+    sibling = tmp_path / "R-retrain1"
+    assert (sibling / "checkpoints" / "last.ckpt").is_file()
+
+    _srun_task(monkeypatch, rank=1)  # task 1 of that attempt: rank 0's folder, not a sibling of its own
+    task1 = folder.decide(compose_config(overrides, run_dir))
+    assert (task1.action, task1.run_dir, task1.locked) == ("train", sibling, False)
+
+    _srun_task(monkeypatch, rank=0, restart=1)  # the requeued job (same job id): resumes, no new sibling
+    results = train(overrides, run_dir)
+    assert results["status"] == "finished" and results["steps"] == 4
+    assert results["resumed_from"] == str(sibling / "checkpoints" / "last.ckpt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["R", "R-retrain1"]
+
+    _srun_task(monkeypatch, rank=1, restart=1)  # and its task 1 follows that attempt's plan
+    again = folder.decide(compose_config(overrides, run_dir))
+    assert (again.action, again.run_dir, again.ckpt_path) == ("resume", sibling, str(sibling / "checkpoints" / "last.ckpt"))
+    plan_file = json.loads((run_dir / folder.PLAN_FILE).read_text())
+    assert (plan_file["job"], plan_file["restart"]) == ("4242", 1)
+
+
+def test_a_task_whose_rank_0_refused_the_run_says_so(tmp_path, monkeypatch):
+    run_dir = tmp_path / "R"
+    train(TINY, run_dir)
+    _srun_task(monkeypatch, rank=0)
+    with pytest.raises(ConfigError, match="holds a run with other settings"):
+        folder.decide(compose_config(TINY + ["optimizer.lr=0.5"], run_dir))
+    _srun_task(monkeypatch, rank=1)
+    with pytest.raises(ConfigError, match="rank 0 refused the run: run folder .* holds a run with other settings"):
+        folder.decide(compose_config(TINY + ["optimizer.lr=0.5"], run_dir), plan_timeout_s=5)
+
+
+def test_a_task_without_rank_0_waits_a_bounded_time(tmp_path, monkeypatch):
+    _srun_task(monkeypatch, rank=1)
+    with pytest.raises(ConfigError, match=r"rank 1 waited 1 s for rank 0's plan"):
+        folder.decide(compose_config(TINY, tmp_path / "R"), plan_timeout_s=1)
