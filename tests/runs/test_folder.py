@@ -1,5 +1,6 @@
 """A run folder has one identity: settings compared before anything else, the keys that define no run, bad records."""
 import json
+import os
 import subprocess
 import sys
 
@@ -153,3 +154,21 @@ def test_a_sweep_rerun_with_another_grid_is_refused_before_anything_is_written(t
     for job in ("0", "1"):
         assert json.loads((tmp_path / "S" / f"{job}-retrain1" / "results.json").read_text())["status"] == "finished"
         assert (tmp_path / "S" / job / "results.json").read_bytes() == kept[tmp_path / "S" / job / "results.json"]
+
+
+@pytest.mark.e2e
+def test_a_full_disk_is_one_line_naming_the_file(tmp_path):
+    """``ulimit -f 100`` (100 KiB): the first checkpoint (~200 KB) cannot be written."""
+    import resource
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100 * 1024, resource.RLIM_INFINITY))
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run([sys.executable, "-m", "vitstem.train", *TINY, f"hydra.run.dir={tmp_path}"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600, preexec_fn=limit, env=env)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"vitstem-train: cannot write {tmp_path / 'checkpoints'}/") and "File too large" in last
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["status"] == "failed" and results["error"] == last.removeprefix("vitstem-train: ")

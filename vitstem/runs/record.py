@@ -9,6 +9,7 @@ folder's lock is released. A run stopped by a signal after its checkpoint raises
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import sys
 import time
@@ -87,14 +88,20 @@ class RunRecord:
             self.status, self.error, swallow = "interrupted", "stopped by SIGTERM", True
         elif e is not None:
             self.error = ddp.launcher_failure(self.trainer) or f"{type(e).__name__}: {e}"
+            if isinstance(e, OSError) and e.errno in _FULL:
+                self.error = f"cannot write {_written_file(e, tb) or 'in ' + str(self.run_dir)}: {e.strerror} (disk " \
+                             "full or a file size limit?): free space and run the same command again to resume"
             if not isinstance(e, ConfigError) and self._rank_zero:
-                (self.run_dir / "traceback.txt").write_text("".join(traceback.format_exception(kind, e, tb)))
+                with contextlib.suppress(OSError):
+                    (self.run_dir / "traceback.txt").write_text("".join(traceback.format_exception(kind, e, tb)))
         try:
             self._write(failing=e is not None and not swallow)
         finally:
             self._environment.__exit__(None, None, None)
             if self.locked:
                 lock.release(self.run_dir)
+        if isinstance(e, OSError) and e.errno in _FULL:
+            raise ResultsError(self.error) from None  # one line, not a traceback
         if self.status == "interrupted" and (e is None or swallow):
             raise Interrupted(f"{self.error}; the checkpoint is {self.run_dir / 'checkpoints' / 'last.ckpt'}: "
                               "run the same command again to resume")
@@ -122,6 +129,25 @@ class RunRecord:
                 from vitstem.loggers import finish_wandb
                 finish_wandb(failed=self.status == "failed")
             ddp.join_ranks(self.trainer)
+
+
+_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
+def _written_file(e: OSError, tb) -> str | None:
+    """The file a failed write was writing: the error's own, else the innermost frame's ``filepath``-like local."""
+    if e.filename:
+        return str(e.filename)
+    frames = []
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    for frame in reversed(frames):
+        for name in ("filepath", "filename", "path", "urlpath", "metrics_file_path"):
+            value = frame.f_locals.get(name)
+            if isinstance(value, (str, Path)) and value:
+                return str(value)
+    return None
 
 
 def _sigterm(e: BaseException) -> bool:

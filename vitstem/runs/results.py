@@ -90,7 +90,8 @@ def make_results(status: str, final_val_acc1: float | None, best_val_acc1: float
 
 
 class ResultsError(ValueError):
-    """A results.json that cannot be read or written; the message names the file."""
+    """A run folder's file that cannot be read or written (results.json, a checkpoint on a full disk); the message
+    names the file."""
 
 
 def write_results(run_dir: Path, results: dict) -> Path:
