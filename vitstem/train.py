@@ -97,7 +97,7 @@ def run(cfg: DictConfig) -> dict:
         return plan.previous
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    with RunRecord(cfg, cfg.ckpt_path, locked=plan.locked) as record:
+    with RunRecord(cfg, plan) as record:
         with config_errors():
             validate(cfg)
             if folder.plans_here():
@@ -105,8 +105,7 @@ def run(cfg: DictConfig) -> dict:
             import lightning as L
             import torch
 
-            from vitstem.checkpoints import check_resumable, check_same_model, init_weights
-            from vitstem.models.complexity import count_params
+            from vitstem.runs.restore import check_resumable, check_same_model, init_weights
 
             L.seed_everything(cfg.seed, workers=True)
             torch.set_float32_matmul_precision(cfg.matmul_precision)
@@ -117,12 +116,7 @@ def run(cfg: DictConfig) -> dict:
             if cfg.init_from:
                 report = init_weights(module.model, cfg.init_from)
                 (run_dir / "init_from.json").write_text(json.dumps(report, indent=2))
-        global_batch = datamodule.batch_size * trainer.world_size * trainer.accumulate_grad_batches
-        record.built(module, trainer, global_batch)
-        log.info("run dir %s | model %s (%.2f M params) | global batch %d = %d per device x %d devices x %d "
-                 "accumulated%s", run_dir, cfg.model.name, count_params(module.model) / 1e6, global_batch,
-                 datamodule.batch_size, trainer.world_size, trainer.accumulate_grad_batches,
-                 f" | resuming {cfg.ckpt_path}" if cfg.ckpt_path else "")
+        record.built(module, trainer, datamodule.batch_size)  # logs what is trained, where, with which batch
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
         record.trained()
     return record.results

@@ -5,7 +5,7 @@ import pytest
 
 from tests.helpers import TINY, compose_config, train
 from vitstem.config import ConfigError
-from vitstem.runs import folder
+from vitstem.runs import folder, lock
 from vitstem.train import Interrupted
 
 STOP = "+callbacks.stop={_target_: tests.helpers.SignalAt, step: 1, signal: SIGUSR1}"
@@ -26,28 +26,33 @@ def test_every_task_follows_rank_0_and_a_requeued_job_resumes_its_folder(tmp_pat
     run_dir = tmp_path / "R"
     train(TINY, run_dir)  # a finished run: retrain=true trains again beside it
     overrides = [o for o in TINY if "limit_train" not in o] + ["trainer.limit_train_batches=4", "retrain=true"]
+    sibling = tmp_path / "R-retrain1"
+
+    _srun_task(monkeypatch, rank=0)  # the job's tasks start together: rank 0 decides, task 1 follows
+    task0 = folder.decide(compose_config(overrides, run_dir))
+    _srun_task(monkeypatch, rank=1)
+    task1 = folder.decide(compose_config(overrides, run_dir))
+    assert (task0.action, task0.run_dir, task0.locked) == ("train", sibling, True)
+    assert (task1.action, task1.run_dir, task1.locked) == ("train", sibling, False)
+    lock.release(sibling)
+    folder.end(task0)
 
     _srun_task(monkeypatch, rank=0)
-    with pytest.raises(Interrupted):  # the first attempt: stopped by the scheduler's signal after step 2
+    with pytest.raises(Interrupted):  # rank 0 of that job trains; the scheduler's signal stops it after step 2
         train(overrides + [STOP], run_dir)
-    sibling = tmp_path / "R-retrain1"
     assert (sibling / "checkpoints" / "last.ckpt").is_file()
-
-    _srun_task(monkeypatch, rank=1)  # task 1 of that attempt: rank 0's folder, not a sibling of its own
-    task1 = folder.decide(compose_config(overrides, run_dir))
-    assert (task1.action, task1.run_dir, task1.locked) == ("train", sibling, False)
 
     _srun_task(monkeypatch, rank=0, restart=1)  # the requeued job (same job id): resumes, no new sibling
     results = train(overrides, run_dir)
     assert results["status"] == "finished" and results["steps"] == 4
     assert results["resumed_from"] == str(sibling / "checkpoints" / "last.ckpt")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["R", "R-retrain1"]
-
-    _srun_task(monkeypatch, rank=1, restart=1)  # and its task 1 follows that attempt's plan
-    again = folder.decide(compose_config(overrides, run_dir))
-    assert (again.action, again.run_dir, again.ckpt_path) == ("resume", sibling, str(sibling / "checkpoints" / "last.ckpt"))
     plan_file = json.loads((run_dir / folder.PLAN_FILE).read_text())
-    assert (plan_file["job"], plan_file["restart"]) == ("4242", 1)
+    assert (plan_file["job"], plan_file["restart"], plan_file["action"]) == ("4242", 1, "ended")
+
+    _srun_task(monkeypatch, rank=1, restart=1)  # an attempt that ended is no plan (submitit local: no attempt count)
+    with pytest.raises(ConfigError, match="waited 1 s for rank 0's plan"):
+        folder.decide(compose_config(overrides, run_dir), plan_timeout_s=1)
 
 
 def test_a_task_whose_rank_0_refused_the_run_says_so(tmp_path, monkeypatch):

@@ -46,6 +46,7 @@ class Plan:
     ckpt_path: str | None = None
     previous: dict | None = None   # the results.json found, if any
     locked: bool = False           # this process holds run_dir's lock (rank 0 of a run that trains)
+    plan_file: Path | None = None  # where rank 0 told the other ranks (marked ended by :func:`end`)
 
 
 def last_checkpoint(run_dir: Path) -> Path:
@@ -132,9 +133,9 @@ def _read_plan_file(folder: Path) -> dict | None:
         return None
 
 
-def _write_plan_file(folder: Path, decided: Plan) -> None:
+def _write_plan_file(folder: Path, decided: Plan, attempt: dict | None = None) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    record = {**_attempt(), "written": time.time(), "action": decided.action, "run_dir": str(decided.run_dir),
+    record = {**(attempt or _attempt()), "written": time.time(), "action": decided.action, "run_dir": str(decided.run_dir),
               "ckpt_path": decided.ckpt_path}
     tmp = folder / f"{PLAN_FILE}.{os.getpid()}"
     tmp.write_text(json.dumps(record))
@@ -151,7 +152,9 @@ def _wait_for_plan(folder: Path, timeout_s: float, started: float) -> Plan:
                 ("SLURM_JOB_ID" in os.environ or record["written"] >= started - 60):
             if record["action"] == "error":
                 raise ConfigError(f"rank 0 refused the run: {record['error']}")
-            return Plan(record["action"], Path(record["run_dir"]), record["ckpt_path"], None)
+            if record["action"] != "ended":  # an attempt that ended is no plan for this one
+                previous = read_results(Path(record["run_dir"])) if record["action"] == "skip" else None
+                return Plan(record["action"], Path(record["run_dir"]), record["ckpt_path"], previous)
         time.sleep(0.2)
     raise ConfigError(f"rank {launcher_rank()} waited {timeout_s:.0f} s for rank 0's plan ({folder / PLAN_FILE}): "
                       "did rank 0 start? (it decides the run folder for all ranks)")
@@ -207,5 +210,15 @@ def _plan_rank0(cfg: DictConfig, folder: Path) -> Plan:
         raise
     if shared:
         _write_plan_file(folder, decided)
+        decided.plan_file = folder / PLAN_FILE
     return decided
+
+
+def end(decided: Plan) -> None:
+    """Rank 0, at the end of an attempt: its plan stays for a requeued attempt's rank 0 (which continues the same
+    folder) but is no plan for the next attempt's other ranks."""
+    record = _read_plan_file(decided.plan_file.parent) if decided.plan_file else None
+    if record:
+        _write_plan_file(decided.plan_file.parent, Plan("ended", Path(record["run_dir"]), record["ckpt_path"]),
+                         attempt={k: record.get(k) for k in ("job", "restart")})
 

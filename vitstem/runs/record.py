@@ -52,11 +52,11 @@ def config_errors() -> Iterator[None]:
 
 
 class RunRecord:
-    """``with RunRecord(cfg, resumed_from) as record: ... record.built(module, trainer, global_batch) ...
+    """``with RunRecord(cfg, plan) as record: ... record.built(module, trainer, global_batch) ...
     record.trained()``; ``record.results`` afterwards (see the module docstring)."""
 
-    def __init__(self, cfg: DictConfig, resumed_from: str | None, locked: bool = False):
-        self.cfg, self.resumed_from, self.locked = cfg, resumed_from, locked
+    def __init__(self, cfg: DictConfig, plan: folder.Plan):
+        self.cfg, self.plan, self.resumed_from = cfg, plan, cfg.ckpt_path
         self.run_dir = Path(cfg.run_dir)
         self.status, self.error = "failed", None
         self.module: Classifier | None = None
@@ -64,8 +64,16 @@ class RunRecord:
         self.global_batch: int | None = None
         self.results: dict | None = None
 
-    def built(self, module: Classifier, trainer: L.Trainer, global_batch: int) -> None:
-        self.module, self.trainer, self.global_batch = module, trainer, global_batch
+    def built(self, module: Classifier, trainer: L.Trainer, batch_size: int) -> None:
+        """The run is built: say what is trained, where, and with which global batch."""
+        from vitstem.models.complexity import count_params
+
+        self.module, self.trainer = module, trainer
+        self.global_batch = batch_size * trainer.world_size * trainer.accumulate_grad_batches
+        log.info("run dir %s | model %s (%.2f M params) | global batch %d = %d per device x %d devices x %d "
+                 "accumulated%s", self.run_dir, self.cfg.model.name, count_params(module.model) / 1e6,
+                 self.global_batch, batch_size, trainer.world_size, trainer.accumulate_grad_batches,
+                 f" | resuming {self.cfg.ckpt_path}" if self.cfg.ckpt_path else "")
 
     def trained(self) -> None:
         """After ``trainer.fit`` returned: finished, diverged, or interrupted by a signal it handled."""
@@ -98,7 +106,8 @@ class RunRecord:
             self._write(failing=e is not None and not swallow)
         finally:
             self._environment.__exit__(None, None, None)
-            if self.locked:
+            folder.end(self.plan)
+            if self.plan.locked:
                 lock.release(self.run_dir)
         if isinstance(e, OSError) and e.errno in _FULL:
             raise ResultsError(self.error) from None  # one line, not a traceback

@@ -1,4 +1,5 @@
-"""Checkpoints read safely: weights-only loading, the resume check (``ckpt_path``) and weight init (``init_from``)."""
+"""Checkpoints read safely (the reading side of :mod:`vitstem.runs.checkpoint`): weights-only loading, the resume
+check (``ckpt_path``: a vitstem checkpoint of this model) and weight init (``init_from``)."""
 from __future__ import annotations
 
 import logging
