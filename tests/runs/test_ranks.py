@@ -50,7 +50,17 @@ def test_every_task_follows_rank_0_and_a_requeued_job_resumes_its_folder(tmp_pat
     plan_file = json.loads((run_dir / folder.PLAN_FILE).read_text())
     assert (plan_file["job"], plan_file["restart"], plan_file["action"]) == ("4242", 1, "ended")
 
-    _srun_task(monkeypatch, rank=1, restart=1)  # an attempt that ended is no plan (submitit local: no attempt count)
+    _srun_task(monkeypatch, rank=1, restart=1)  # a task of that attempt that comes late still follows it
+    late = folder.decide(compose_config(overrides, run_dir))
+    assert (late.action, late.run_dir) == ("resume", sibling)
+    for key in ("SLURM_JOB_ID", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_RESTART_COUNT"):
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("SUBMITIT_LOCAL_JOB_ID", "4242")  # submitit local: no attempt count; by time then
+    monkeypatch.setenv("SUBMITIT_LOCAL_NTASKS", "2")
+    monkeypatch.setenv("SUBMITIT_LOCAL_GLOBALID", "1")
+    plan_file["restart"] = 0
+    (run_dir / folder.PLAN_FILE).write_text(json.dumps(plan_file))
+    monkeypatch.setattr(folder, "_STARTED", plan_file["written"] + 1)  # started after that attempt ended: the next
     with pytest.raises(ConfigError, match="waited 1 s for rank 0's plan"):
         folder.decide(compose_config(overrides, run_dir), plan_timeout_s=1)
 

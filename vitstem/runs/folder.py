@@ -122,7 +122,8 @@ def plans_here() -> bool:
 
 def _attempt() -> dict:
     """What identifies this job and this attempt of it (a SLURM requeue is a new attempt of the same job)."""
-    job = os.environ.get("SLURM_JOB_ID") or os.environ.get("SUBMITIT_LOCAL_JOB_ID") or os.environ.get("TORCHELASTIC_RUN_ID")
+    job = next((os.environ[k] for k in ("SLURM_JOB_ID", "SUBMITIT_LOCAL_JOB_ID", "TORCHELASTIC_RUN_ID") if k in os.environ),
+               None)
     return {"job": job, "restart": int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)}
 
 
@@ -133,10 +134,10 @@ def _read_plan_file(folder: Path) -> dict | None:
         return None
 
 
-def _write_plan_file(folder: Path, decided: Plan, attempt: dict | None = None) -> None:
+def _write_plan_file(folder: Path, decided: Plan, attempt: dict | None = None, planned: str | None = None) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    record = {**(attempt or _attempt()), "written": time.time(), "action": decided.action, "run_dir": str(decided.run_dir),
-              "ckpt_path": decided.ckpt_path}
+    record = {**(attempt or _attempt()), "written": time.time(), "action": decided.action,
+              "run_dir": str(decided.run_dir), "ckpt_path": decided.ckpt_path, "planned": planned}
     tmp = folder / f"{PLAN_FILE}.{os.getpid()}"
     tmp.write_text(json.dumps(record))
     os.replace(tmp, folder / PLAN_FILE)
@@ -152,9 +153,12 @@ def _wait_for_plan(folder: Path, timeout_s: float, started: float) -> Plan:
                 ("SLURM_JOB_ID" in os.environ or record["written"] >= started - 60):
             if record["action"] == "error":
                 raise ConfigError(f"rank 0 refused the run: {record['error']}")
-            if record["action"] != "ended":  # an attempt that ended is no plan for this one
-                previous = read_results(Path(record["run_dir"])) if record["action"] == "skip" else None
-                return Plan(record["action"], Path(record["run_dir"]), record["ckpt_path"], previous)
+            action = record["action"]
+            if action == "ended":  # rank 0 is done with its attempt: this one, if it ended after this rank started
+                action = record["planned"] if "SLURM_JOB_ID" in os.environ or record["written"] >= started else None
+            if action is not None:
+                previous = read_results(Path(record["run_dir"])) if action == "skip" else None
+                return Plan(action, Path(record["run_dir"]), record["ckpt_path"], previous)
         time.sleep(0.2)
     raise ConfigError(f"rank {launcher_rank()} waited {timeout_s:.0f} s for rank 0's plan ({folder / PLAN_FILE}): "
                       "did rank 0 start? (it decides the run folder for all ranks)")
@@ -185,7 +189,8 @@ def _plan_rank0(cfg: DictConfig, folder: Path) -> Plan:
                                           for _, size in _RANK_VARS)
     earlier = _read_plan_file(folder) if shared else None
     try:
-        if earlier and earlier.get("job") is not None and earlier.get("job") == _attempt()["job"]:
+        if earlier and earlier.get("run_dir") and earlier.get("job") not in (None, "") \
+                and earlier.get("job") == _attempt()["job"]:
             # a requeued job: continue the folder its first attempt chose (not a new -retrain sibling)
             decided = plan(cfg, Path(earlier["run_dir"]), retrain=False)
         else:
@@ -202,7 +207,7 @@ def _plan_rank0(cfg: DictConfig, folder: Path) -> Plan:
                     lock.release(decided.run_dir)
                 decided = again
             decided.locked = decided.action != "skip"
-    except (ConfigError, lock.FolderBusy) as e:
+    except Exception as e:  # the other ranks are told, and stop with it
         if shared:
             record = {**_attempt(), "written": time.time(), "action": "error", "error": str(e)}
             folder.mkdir(parents=True, exist_ok=True)
@@ -218,7 +223,7 @@ def end(decided: Plan) -> None:
     """Rank 0, at the end of an attempt: its plan stays for a requeued attempt's rank 0 (which continues the same
     folder) but is no plan for the next attempt's other ranks."""
     record = _read_plan_file(decided.plan_file.parent) if decided.plan_file else None
-    if record:
+    if record and record["action"] != "ended":
         _write_plan_file(decided.plan_file.parent, Plan("ended", Path(record["run_dir"]), record["ckpt_path"]),
-                         attempt={k: record.get(k) for k in ("job", "restart")})
+                         attempt={k: record.get(k) for k in ("job", "restart")}, planned=record["action"])
 
