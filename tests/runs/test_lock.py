@@ -97,3 +97,38 @@ def test_two_identical_sweeps_share_the_jobs(tmp_path):
         assert steps == sorted(set(steps)) and len(steps) == 12  # one writer: no duplicated or missing rows
     shared = [sum(o.count(f"run dir {tmp_path / 'S' / str(j)} |") for j in range(4)) for o in outs]
     print(f"jobs trained by the first sweep / the second: {shared}")
+
+
+def test_a_sweep_leaves_a_busy_job_to_its_holder_and_keeps_the_job_numbers(tmp_path):
+    """:class:`vitstem.runs.guard.ClaimingLauncher`: job 1's folder is held; jobs 0 and 2 run as jobs 0 and 2."""
+    from hydra.core.utils import JobReturn, JobStatus
+    from omegaconf import OmegaConf
+
+    from vitstem.runs.guard import ClaimingLauncher
+
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path / "S" / "1")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+
+        class Launcher:  # records what it was asked to run
+            calls = []
+
+            def launch(self, batch, initial_job_idx):
+                self.calls.append((initial_job_idx, [list(b) for b in batch]))
+                return [JobReturn(overrides=list(b), status=JobStatus.COMPLETED, _return_value="ok") for b in batch]
+
+        config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "S"), "subdir": "${hydra.job.num}"}}})
+        for one_at_a_time, expected in ((False, [(0, [["seed=0"]]), (2, [["seed=2"], ["seed=3"]])]),
+                                        (True, [(0, [["seed=0"]]), (2, [["seed=2"]]), (3, [["seed=3"]])])):
+            inner = Launcher()
+            inner.calls = []
+            claiming = ClaimingLauncher(inner, config, loader=None)
+            claiming.one_at_a_time = one_at_a_time
+            returns = claiming.launch([["seed=0"], ["seed=1"], ["seed=2"], ["seed=3"]], initial_job_idx=0)
+            assert inner.calls == expected
+            assert [r.status for r in returns] == [JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.COMPLETED,
+                                                   JobStatus.COMPLETED]
+            assert isinstance(returns[1]._return_value, lock.FolderBusy) and f"pid {proc.pid}" in str(returns[1]._return_value)
+    finally:
+        proc.kill()
+        proc.wait()

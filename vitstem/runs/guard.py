@@ -85,14 +85,17 @@ def job_dir(config: DictConfig, loader, overrides: Sequence[str], num: int) -> t
 def check_sweep(config: DictConfig, loader, jobs: list[list[str]]) -> str | None:
     """Why this sweep cannot run in its folder (a job folder holds other settings), or None; changes nothing."""
     for num, overrides in enumerate(jobs):
-        path, job = job_dir(config, loader, overrides, num)
-        if not (path / "config.yaml").is_file():
+        try:
+            path, job = job_dir(config, loader, overrides, num)
+            if not (path / "config.yaml").is_file():
+                continue
+            if job is None:
+                job = loader.load_sweep_config(config, list(overrides))
+                with open_dict(job):
+                    job.hydra.job.id, job.hydra.job.num = num, num
+            problem = folder.refusal(path, _settings(job, path))
+        except Exception:  # a job whose config does not compose fails on its own, with its own message
             continue
-        if job is None:
-            job = loader.load_sweep_config(config, list(overrides))
-            with open_dict(job):
-                job.hydra.job.id, job.hydra.job.num = num, num
-        problem = folder.refusal(path, _settings(job, path))
         if problem:
             return f"job {num}: {problem}"
     return None
@@ -128,6 +131,8 @@ class ClaimingLauncher:
                 flush()
                 returns[i] = JobReturn(overrides=list(overrides), status=JobStatus.FAILED, _return_value=e)
                 continue
+            except Exception:  # the job's config does not compose: the launcher runs it and it fails on its own
+                pass
             segment.append(i)
             if self.one_at_a_time:
                 flush()
