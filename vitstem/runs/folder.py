@@ -30,13 +30,13 @@ from vitstem.config import ConfigError
 from vitstem.runs import lock
 from vitstem.runs.identity import differences, mismatch
 from vitstem.runs.results import read_results
+from vitstem.scale.ddp import CHILD_ENV  # a rank that our JobLauncher started: told rank 0's plan on its command line
 
 log = logging.getLogger("vitstem")
 
 LAST = "last.ckpt"  # the checkpoint file of a run folder (vitstem.runs.checkpoint writes it)
 DONE = ("finished", "diverged")
 PLAN_FILE = ".plan.json"
-CHILD_ENV = "VITSTEM_DDP_CHILD"  # a rank that vitstem.scale's JobLauncher started, told rank 0's plan on its command line
 
 
 @dataclass
