@@ -13,8 +13,15 @@ from omegaconf import OmegaConf
 MAX_DIRNAME = 120
 
 
-def dirname(overrides: str) -> str:
-    """A folder name for Hydra's ``override_dirname``: ``base`` when empty, ``/`` made ``.``, long ones hashed."""
+def dirname(overrides) -> str:
+    """A run folder's name from the command's overrides (``${hydra.overrides.task}``, as Hydra's
+    ``override_dirname`` sorts and joins them, without the keys that do not define a run:
+    :data:`vitstem.runs.identity.NOT_DEFINING`), or from such a string: ``base`` when empty, ``/`` made ``.``,
+    long ones hashed."""
+    if not isinstance(overrides, str):
+        from vitstem.runs.identity import defines_run
+
+        overrides = ",".join(sorted(o for o in map(str, overrides) if defines_run(o.split("=", 1)[0])))
     name = overrides.replace("/", ".") or "base"
     if len(name) > MAX_DIRNAME:
         name = name[:MAX_DIRNAME - 9] + "-" + hashlib.sha1(name.encode()).hexdigest()[:8]

@@ -8,39 +8,34 @@
 
 Every run writes one directory (``run_dir``): ``config.yaml`` (resolved), ``metrics.csv``,
 ``param_groups.tsv`` / ``param_groups.json``, ``checkpoints/last.ckpt`` and ``results.json`` (see
-:mod:`vitstem.results`; with an EMA it adds ``final_val_ema_acc1`` and ``best_val_ema_acc1``).
+:mod:`vitstem.runs.results`; with an EMA it adds ``final_val_ema_acc1`` and ``best_val_ema_acc1``).
 """
 from __future__ import annotations
 
 import json
 import logging
 import sys
-import time
-import traceback
 import warnings
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from vitstem.config import ConfigError, DataError, validate
-from vitstem.instrument import RESULT_KEYS
 from vitstem.paths import CONF_DIR
-from vitstem.results import hparams, make_results, write_results
 from vitstem.runs import folder
+from vitstem.runs.lock import FolderBusy
+from vitstem.runs.record import Interrupted, RunRecord, checkpointer, config_errors
+from vitstem.runs.results import ResultsError, print_summary
 from vitstem.scale import ddp, slurm
-from vitstem.summary import print_summary
 
 if TYPE_CHECKING:
     import lightning as L
 
     from vitstem.module import Classifier
-    from vitstem.runs.checkpoint import RunCheckpoint
 
 # torch, timm and Lightning take seconds to import: they are imported where first needed, after the config has
 # been checked, so that --help, --cfg job and a configuration error answer at once.
@@ -74,10 +69,10 @@ def build(cfg: DictConfig, resume_step: int | None = None) -> tuple[L.LightningD
     plugins = slurm.lightning_plugins()  # under submitit: its processes, and Lightning's SLURM requeue off
     trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers, callbacks=callbacks, default_root_dir=cfg.run_dir,
                                       **({"plugins": plugins} if plugins else {}))
-    checkpointer = _checkpointer(trainer)
-    if checkpointer is not None:  # submitit's requeue handler runs after the checkpoint, not inside the step
-        checkpointer.signals = (*checkpointer.signals, *slurm.requeue_signals())
-        checkpointer.defer = slurm.defer_requeue
+    run_checkpoint = checkpointer(trainer)
+    if run_checkpoint is not None:  # submitit's requeue handler runs after the checkpoint, not inside the step
+        run_checkpoint.signals = (*run_checkpoint.signals, *slurm.requeue_signals())
+        run_checkpoint.defer = slurm.defer_requeue
     if resume_step is not None:  # continue metrics.csv: keep the rows logged before the checkpoint's step
         for logger in loggers:
             if isinstance(logger, CSVLogger):
@@ -90,125 +85,41 @@ def build(cfg: DictConfig, resume_step: int | None = None) -> tuple[L.LightningD
 def run(cfg: DictConfig) -> dict:
     """Train once as ``cfg`` says into its run folder and return ``results.json``'s record.
 
-    Rank 0 first decides what the folder needs (:func:`vitstem.runs.folder.plan`): a finished run is not
-    retrained, a checkpoint is resumed, a folder of other settings is refused. ``results.json`` is then
-    always written, also when the config is bad or training fails.
+    Plan (:func:`vitstem.runs.folder.decide`: rank 0 refuses a folder of other settings or one being written,
+    skips a finished run, resumes a checkpoint), validate, build, fit; :class:`vitstem.runs.record.RunRecord`
+    writes ``results.json`` whatever happens.
     """
-    resumed_from = None
-    if not ddp.is_child():
-        plan = folder.plan(cfg, Path(cfg.run_dir), retrain=cfg.retrain)
-        if plan.action == "skip":
-            log.info("%s already holds a %s run; not retrained (retrain=true trains again into a fresh folder)",
-                     plan.run_dir, plan.previous["status"])
-            print_summary(plan.previous)
-            return plan.previous
-        resumed_from = plan.ckpt_path if plan.action == "resume" else None
-        with open_dict(cfg):
-            cfg.run_dir, cfg.ckpt_path = str(plan.run_dir), resumed_from
+    plan = folder.decide(cfg)
+    if plan.action == "skip":
+        log.info("%s already holds a %s run; not retrained (retrain=true trains again into a fresh folder)",
+                 plan.run_dir, plan.previous["status"])
+        print_summary(plan.previous)
+        return plan.previous
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    status, error, start = "failed", None, time.perf_counter()
-    module = trainer = None
-    global_batch = None
-    with ddp.job_environment():
-        try:
-            try:
-                validate(cfg)
+    with RunRecord(cfg, plan) as record:
+        with config_errors():
+            validate(cfg)
+            if folder.plans_here():
                 (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-                import lightning as L
-                import torch
+            import lightning as L
+            import torch
 
-                from vitstem.checkpoints import check_resumable, init_weights
-                from vitstem.models.complexity import count_params
+            from vitstem.runs.restore import check_resumable, check_same_model, init_weights
 
-                L.seed_everything(cfg.seed, workers=True)
-                torch.set_float32_matmul_precision(cfg.matmul_precision)
-                resume_step = check_resumable(cfg.ckpt_path) if cfg.ckpt_path else None
-                datamodule, module, trainer = build(cfg, resume_step)
-                if cfg.init_from:
-                    report = init_weights(module.model, cfg.init_from)
-                    (run_dir / "init_from.json").write_text(json.dumps(report, indent=2))
-            except (ValueError, InstantiationException) as e:  # report our own message, not Hydra's wrapper
-                cause = e.__cause__ if isinstance(e, InstantiationException) and e.__cause__ else e
-                raise ConfigError(str(cause)) from e
-            global_batch = datamodule.batch_size * trainer.world_size * trainer.accumulate_grad_batches
-            log.info("run dir %s | model %s (%.2f M params) | global batch %d = %d per device x %d devices x %d "
-                     "accumulated%s", run_dir, cfg.model.name, count_params(module.model) / 1e6, global_batch,
-                     datamodule.batch_size, trainer.world_size, trainer.accumulate_grad_batches,
-                     f" | resuming {cfg.ckpt_path}" if cfg.ckpt_path else "")
-            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
-            status = "diverged" if module.diverged_at_step is not None else "finished"
-            if status == "finished" and _checkpointer(trainer) and _checkpointer(trainer).interrupted:
-                status, error = "interrupted", f"stopped by {_checkpointer(trainer).interrupted}"
-        except KeyboardInterrupt:
-            status, error = "interrupted", "KeyboardInterrupt"
-            raise
-        except BaseException as e:
-            if _sigterm(e):
-                status, error = "interrupted", "stopped by SIGTERM"
-            else:
-                error = ddp.launcher_failure(trainer) or f"{type(e).__name__}: {e}"
-                if not isinstance(e, ConfigError) and (trainer is None or trainer.is_global_zero):
-                    (run_dir / "traceback.txt").write_text(traceback.format_exc())
-                raise
-        finally:
-            results = collect(cfg, module, trainer, status, error, time.perf_counter() - start, global_batch)
-            results["resumed_from"] = resumed_from
-            if trainer is None or trainer.is_global_zero:
-                write_results(run_dir, results)
-                print_summary(results)
-            if "wandb" in sys.modules:  # no wandb run can be open if wandb was never imported
-                from vitstem.loggers import finish_wandb
-                finish_wandb(failed=status == "failed")
-            ddp.join_ranks(trainer)
-    if status == "interrupted":
-        raise Interrupted(f"{error}; the checkpoint is {run_dir / 'checkpoints' / 'last.ckpt'}: "
-                          "run the same command again to resume")
-    return results
-
-
-class Interrupted(Exception):
-    """Training stopped on a signal after writing its checkpoint."""
-
-
-def _sigterm(e: BaseException) -> bool:
-    """Lightning's SIGTERMException (it can only come once Lightning is imported)."""
-    exceptions = sys.modules.get("lightning.pytorch.utilities.exceptions")
-    return exceptions is not None and isinstance(e, exceptions.SIGTERMException)
-
-
-def _checkpointer(trainer: L.Trainer | None) -> RunCheckpoint | None:
-    if trainer is None:
-        return None
-    from vitstem.runs.checkpoint import RunCheckpoint
-    return next((c for c in trainer.callbacks if isinstance(c, RunCheckpoint)), None)
-
-
-def collect(cfg, module: Classifier | None, trainer: L.Trainer | None, status: str, error: str | None,
-            wall: float, global_batch: int | None) -> dict:
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()} if trainer else {}
-    if status == "diverged":  # validation of blown-up weights is not a result (best_* stay: measured before)
-        metrics = {k: v for k, v in metrics.items() if not k.startswith(("val/", "val_ema/"))}
-    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-    choices = dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {}
-    if trainer is not None:
-        from vitstem.instrument.callbacks import results as instrument_results
-        instrumented = instrument_results(trainer)
-    else:
-        instrumented = dict.fromkeys(RESULT_KEYS)
-    params_m = None
-    if module is not None:
-        from vitstem.models.complexity import count_params
-        params_m = count_params(module.model) / 1e6
-    return make_results(
-        status, metrics.get("val/acc1"), module.best_val_acc1 if module else None,
-        final_val_acc5=metrics.get("val/acc5"), final_train_loss=metrics.get("train/loss"),
-        epochs=trainer.current_epoch if trainer else 0, steps=trainer.global_step if trainer else 0,
-        wall_time_s=round(wall, 2), **instrumented,
-        diverged_at_step=module.diverged_at_step if module else None, error=error, model=cfg.model.name,
-        final_val_ema_acc1=metrics.get("val_ema/acc1"), best_val_ema_acc1=module.best_val_ema_acc1 if module else None,
-        params_m=params_m, global_batch_size=global_batch,
-        overrides=overrides, run_dir=str(cfg.run_dir), hparams=hparams(cfg, choices, global_batch))
+            L.seed_everything(cfg.seed, workers=True)
+            torch.set_float32_matmul_precision(cfg.matmul_precision)
+            resume_step = check_resumable(cfg.ckpt_path) if cfg.ckpt_path else None
+            datamodule, module, trainer = build(cfg, resume_step)
+            if cfg.ckpt_path:
+                check_same_model(cfg.ckpt_path, module)
+            if cfg.init_from:
+                report = init_weights(module.model, cfg.init_from)
+                (run_dir / "init_from.json").write_text(json.dumps(report, indent=2))
+        record.built(module, trainer, datamodule.batch_size)  # logs what is trained, where, with which batch
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
+        record.trained()
+    return record.results
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
@@ -223,6 +134,10 @@ def _main(cfg: DictConfig) -> None:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise
         sys.exit(f"vitstem-train: data error: {e}")
+    except (FolderBusy, ResultsError) as e:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # a busy job folder: another process trains it (the sweeper says so)
+        sys.exit(f"vitstem-train: {e}")
     except Interrupted as e:
         slurm.requeue_if_signalled()  # under submitit, after a time-limit / preemption signal: requeue (rank 0)
         sys.exit(f"vitstem-train: interrupted: {e}")

@@ -114,7 +114,7 @@ def _merge(base: dict, overrides: dict) -> dict:
 def filter_checkpoint(state_dict: dict, model: ViT) -> dict:
     """A timm ``state_dict`` or a vitstem-train checkpoint's model weights, through timm's ViT
     ``checkpoint_filter_fn`` (position embeddings resampled to the model's grid, and so on)."""
-    from vitstem.checkpoints import model_weights  # its imports are heavy; loading weights is rare
+    from vitstem.runs.restore import model_weights  # its imports are heavy; loading weights is rare
 
     return checkpoint_filter_fn(model_weights(state_dict), model)
 

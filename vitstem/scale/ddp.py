@@ -65,8 +65,9 @@ def child_command(task_overrides: list[str], run_dir: str, ckpt_path: str | None
                   argv: list[str] | None = None) -> list[str]:
     """The command line that runs rank ``local_rank`` of this one job (see the module docstring)."""
     argv = sys.argv if argv is None else argv
-    own = ("run_dir=", "ckpt_path=", "retrain=")
-    overrides = [o for o in task_overrides if not o.startswith(own)]
+    from vitstem.runs.identity import PLANNED  # rank 0 decided these: the child is told them below
+
+    overrides = [o for o in task_overrides if o.lstrip("+~").split("=", 1)[0] not in PLANNED]
     return [sys.executable, "-m", "vitstem.train", *_config_flags(argv[1:]), *overrides,
             f"run_dir={_quote(run_dir)}", f"ckpt_path={_quote(ckpt_path) if ckpt_path else 'null'}", "retrain=false",
             f"hydra.run.dir={_quote(run_dir)}", "hydra.output_subdir=null", f"hydra.job.name=ddp_rank{local_rank}"]

@@ -106,8 +106,11 @@ def plan_jobs(overrides: list[Override], samples: int | None, seed: int) -> tupl
 
 
 def fixed_settings(overrides: list[Override]) -> list[str]:
-    """The overrides that every job shares (what makes two sweeps the same study)."""
-    return sorted(o.input_line for o in overrides if not o.is_sweep_override() and o.input_line)
+    """The overrides that every job shares and that define a run (what makes two sweeps the same study)."""
+    from vitstem.runs.identity import defines_run
+
+    return sorted(o.input_line for o in overrides
+                  if not o.is_sweep_override() and o.input_line and defines_run(o.key_or_group))
 
 
 class RandomSweeper(BasicSweeper):
@@ -134,22 +137,31 @@ class RandomSweeper(BasicSweeper):
 
         sweep_dir = Path(self.config.hydra.sweep.dir)
         self._check_same_study(sweep_dir, fixed_settings(overrides))
+        from vitstem.runs import guard  # every job folder's settings checked before anything is written
+        problem = guard.check_sweep(self.config, self.hydra_context.config_loader, jobs)
+        if problem:
+            raise SweepError(problem)
+        launcher = guard.ClaimingLauncher(self.launcher, self.config, self.hydra_context.config_loader)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         (sweep_dir / ".vitstem_sweep.yaml").write_text(OmegaConf.to_yaml({"fixed": fixed_settings(overrides)}))
         log.info("sweep %s: %d jobs%s", sweep_dir, len(jobs),
                  f" ({self.samples} samples of {', '.join(sampled)} x {len(jobs) // self.samples} cells)" if sampled else "")
 
-        returns, failed, start = [], [], 0
+        returns, failed, busy, start = [], [], [], 0
         while not self.is_done():
             batch = self.get_job_batch()
             self.validate_batch_is_legal(batch)
-            results = self.launcher.launch(batch, initial_job_idx=start)
+            results = launcher.launch(batch, initial_job_idx=start)
             for n, (job, r) in enumerate(zip(batch, results), start=start):
-                if r.status == JobStatus.FAILED:
+                if r.status == JobStatus.FAILED and isinstance(r._return_value, guard.lock.FolderBusy):
+                    busy.append(f"job {n}: {r._return_value}")
+                elif r.status == JobStatus.FAILED:
                     failed.append(f"job {n} ({' '.join(job)}): {type(r._return_value).__name__}: {r._return_value}")
             start += len(batch)
             returns.append(results)
+        for line in busy:  # another process (a second sweep, an array task) trains it: not ours to report
+            log.warning("skipped: %s", line)
         if failed:
             for line in failed:
                 log.error("failed: %s", line)
@@ -161,7 +173,8 @@ class RandomSweeper(BasicSweeper):
     def _check_same_study(sweep_dir: Path, fixed: list[str]) -> None:
         marker = sweep_dir / ".vitstem_sweep.yaml"
         if marker.is_file():
-            before = list(OmegaConf.load(marker).get("fixed", []))
+            from vitstem.runs.identity import defines_run
+            before = [o for o in OmegaConf.load(marker).get("fixed", []) if defines_run(o.split("=", 1)[0])]
             if before != fixed:
                 changed = sorted(set(before) ^ set(fixed))
                 raise SweepError(f"sweep folder {sweep_dir} holds a sweep with other fixed settings "

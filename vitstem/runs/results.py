@@ -1,4 +1,5 @@
-"""``results.json``: the one record of a finished (or diverged, or failed) run that sweeps read.
+"""``results.json``: the one record of a finished (or diverged, or failed) run that sweeps read; its one writer
+(:func:`write_results`), its one reader (:func:`read_results`) and the table printed at the end of a run.
 
 Keys are stable; later tools rely on them:
 ``status`` ("finished", "diverged", "failed" or "interrupted": stopped by a signal after writing its
@@ -20,6 +21,7 @@ step, kind, first block above threshold, ratio to the running median) and ``spik
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -87,11 +89,66 @@ def make_results(status: str, final_val_acc1: float | None, best_val_acc1: float
             "git_commit": git_commit(), "versions": versions()}
 
 
+class ResultsError(ValueError):
+    """A run folder's file that cannot be read or written (results.json, a checkpoint on a full disk); the message
+    names the file."""
+
+
 def write_results(run_dir: Path, results: dict) -> Path:
+    """Write ``results.json`` whole or not at all (a temporary file renamed over it); a full disk or a file size
+    limit is one :class:`ResultsError` naming the file, and the previous file is kept."""
     path = Path(run_dir) / "results.json"
-    path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    tmp = path.with_name(f".results.json.{os.getpid()}")
+    try:
+        with open(tmp, "w") as f:
+            f.write(json.dumps(results, indent=2, default=str) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise ResultsError(f"cannot write {path}: {e.strerror or e} (disk full or a file size limit?): free space "
+                           "and run the same command again (the checkpoint, if any, is kept)") from None
     return path
 
 
-def read_results(run_dir: Path) -> dict:
-    return json.loads((Path(run_dir) / "results.json").read_text())
+def read_results(run_dir: Path) -> dict | None:
+    """``run_dir``'s ``results.json``, or None if there is none; a file that is not a results record (cut short,
+    corrupt) is one :class:`ResultsError` naming it."""
+    path = Path(run_dir) / "results.json"
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise ResultsError(f"{path} cannot be read ({type(e).__name__}: {e}): cut short or corrupt; move it away "
+                           "(or train afresh beside it with retrain=true)") from None
+    if not isinstance(record, dict) or record.get("status") not in STATUSES:
+        raise ResultsError(f"{path} is not a vitstem results record (no valid status): move it away (or train "
+                           "afresh beside it with retrain=true)")
+    return record
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1000 else f"{value:.0f}"
+    return str(value)
+
+
+def print_summary(results: dict) -> None:
+    """The result table printed at the end of a run."""
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=f"vitstem run: {results['status']}", show_header=False)
+    for key in ("model", "params_m", "final_val_acc1", "best_val_acc1", "final_val_err1", "final_val_acc5",
+                "final_val_ema_acc1", "best_val_ema_acc1",
+                "final_train_loss", "epochs", "steps", "global_batch_size", "train_images_per_s",
+                "train_images_per_s_with_data", "mfu", "wall_time_s", "diverged_at_step", "diverged_block",
+                "spikes_total", "error", "run_dir"):
+        if key in results and (results[key] is not None or key in ("final_val_acc1",)):
+            table.add_row(key, Text(_fmt(results[key])))  # as text: an error message may contain [brackets]
+    Console().print(table)

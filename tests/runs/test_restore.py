@@ -6,7 +6,7 @@ import timm
 import torch
 
 from tests.helpers import TINY, run_cli, train
-from vitstem.checkpoints import check_resumable, init_weights, load_checkpoint
+from vitstem.runs.restore import check_resumable, init_weights, load_checkpoint
 from vitstem.config import ConfigError
 from vitstem.module import create_model
 

@@ -1,4 +1,5 @@
-"""Checkpoints read safely: weights-only loading, the resume check (``ckpt_path``) and weight init (``init_from``)."""
+"""Checkpoints read safely (the reading side of :mod:`vitstem.runs.checkpoint`): weights-only loading, the resume
+check (``ckpt_path``: a vitstem checkpoint of this model) and weight init (``init_from``)."""
 from __future__ import annotations
 
 import logging
@@ -49,6 +50,27 @@ def check_resumable(path: str | Path) -> int:
         raise ConfigError(f"ckpt_path={path} is not a vitstem checkpoint to resume: it lacks {', '.join(missing)}; to "
                           f"start a new run from its weights only, use init_from={path} instead of ckpt_path")
     return int(checkpoint["global_step"])
+
+
+def shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """The shape of every model tensor (``model.*``) in a vitstem checkpoint (memory-mapped: no data is read)."""
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["state_dict"]
+    return {k: tuple(v.shape) for k, v in state.items()
+            if k.startswith("model.") and isinstance(v, torch.Tensor)}
+
+
+def check_same_model(path: str | Path, module: nn.Module) -> None:
+    """Refuse to resume ``path`` into ``module`` when its model differs (tensor names or shapes), in one line,
+    before any compute: Lightning's own key-mismatch error comes mid-start as a wall of names."""
+    saved = shapes(path)
+    own = {k: tuple(v.shape) for k, v in module.state_dict().items() if k.startswith("model.")}
+    missing, unexpected = sorted(set(own) - set(saved)), sorted(set(saved) - set(own))
+    other = [f"{k} {list(saved[k])} vs {list(own[k])}" for k in sorted(set(own) & set(saved)) if own[k] != saved[k]]
+    if missing or unexpected or other:
+        first = (other or [f"missing {k}" for k in missing] or [f"unexpected {k}" for k in unexpected])[0]
+        raise ConfigError(f"ckpt_path={path} holds a checkpoint of another model ({len(missing)} tensors missing, "
+                          f"{len(unexpected)} unexpected, {len(other)} of other shapes, e.g. {first}): resume it with "
+                          "the settings it was trained with, or use init_from= to start from the weights that fit")
 
 
 def model_weights(checkpoint: dict) -> dict[str, torch.Tensor]:
