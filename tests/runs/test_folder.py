@@ -33,6 +33,7 @@ def test_keys_that_define_no_run():
     assert not defines_run("trainer.enable_progress_bar") and not defines_run("+logger.wandb.project")
     assert not defines_run("retrain") and not defines_run("callbacks.checkpoint.every_n_steps")
     assert defines_run("optimizer.lr") and defines_run("trainer.max_epochs") and defines_run("retrain_x")
+    assert defines_run("callbacks.precise_bn.num_images")  # it changes the evaluated weights
     old = {"optimizer": {"lr": 0.002}, "retrain": False, "trainer": {"enable_progress_bar": True, "max_epochs": 1}}
     new = {"optimizer": {"lr": 0.5}, "retrain": True, "trainer": {"enable_progress_bar": False, "max_epochs": 1}}
     assert differences(old, new) == ["optimizer.lr: 0.002 -> 0.5"]

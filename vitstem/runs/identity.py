@@ -13,9 +13,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-# A key here also covers the keys below it ("logger" covers logger.wandb.project). Callbacks observe and checkpoint.
+# A key here also covers the keys below it ("logger" covers logger.wandb.project). Callbacks observe and checkpoint,
+# except those in DEFINING: precise BN recomputes the evaluated weights' BatchNorm statistics, so it defines a run.
 NOT_DEFINING = ("name", "tags", "run_dir", "ckpt_path", "retrain", "logger", "callbacks", "hydra",
                 "trainer.enable_progress_bar", "trainer.enable_model_summary")
+DEFINING = ("callbacks.precise_bn",)
 # What rank 0 decides for a run (the folder, the checkpoint to continue, retrain resolved): its ranks are told.
 PLANNED = ("run_dir", "ckpt_path", "retrain")
 
@@ -23,7 +25,10 @@ PLANNED = ("run_dir", "ckpt_path", "retrain")
 def defines_run(key: str) -> bool:
     """Whether a setting (``optimizer.lr``, ``+logger.wandb.project``, ``~tags``) is part of a run's identity."""
     key = key.lstrip("+~")
-    return not any(key == k or key.startswith(k + ".") or key.startswith(k + "/") for k in NOT_DEFINING)
+
+    def under(keys):
+        return any(key == k or key.startswith(k + ".") or key.startswith(k + "/") for k in keys)
+    return under(DEFINING) or not under(NOT_DEFINING)
 
 
 def settings(cfg: dict, prefix: str = "") -> dict:
@@ -31,7 +36,7 @@ def settings(cfg: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in cfg.items():
         key = f"{prefix}{k}"
-        if not defines_run(key):
+        if not defines_run(key) and not any(d.startswith(key + ".") for d in DEFINING):
             continue
         if isinstance(v, dict) and v:
             out.update(settings(v, key + "."))
