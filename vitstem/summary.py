@@ -5,13 +5,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-
-def _fmt(value) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4g}" if abs(value) < 1000 else f"{value:.0f}"
-    return str(value)
+from vitstem.analysis.report import fmt
 
 
 def print_summary(results: dict) -> None:
@@ -22,5 +16,5 @@ def print_summary(results: dict) -> None:
                 "train_images_per_s_with_data", "mfu", "wall_time_s", "diverged_at_step", "diverged_block",
                 "spikes_total", "error", "run_dir"):
         if key in results and (results[key] is not None or key in ("final_val_acc1",)):
-            table.add_row(key, Text(_fmt(results[key])))  # as text: an error message may contain [brackets]
+            table.add_row(key, Text(fmt(results[key])))  # as text: an error message may contain [brackets]
     Console().print(table)

@@ -29,6 +29,7 @@ def write_csv(path: Path, rows: list[dict], columns: tuple[str, ...]) -> None:
 
 
 def fmt(value, percent: bool = False) -> str:
+    """A number as the tables print it (a run's summary and a sweep's report): 4 significant digits, ``-`` for none."""
     if value is None:
         return "-"
     if percent:
