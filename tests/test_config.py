@@ -83,6 +83,7 @@ def test_a_bad_value_stops_the_run_naming_key_value_and_fix(tmp_path, overrides,
     assert not (tmp_path / "config.yaml").exists()  # stopped before anything else
 
 
+@pytest.mark.e2e
 def test_the_cli_prints_one_line_and_no_traceback(tmp_path):
     proc = run_cli(*TINY, "optimizer.lr=abc", f"hydra.run.dir={tmp_path}", cwd=tmp_path)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr and "Error executing job" not in proc.stderr

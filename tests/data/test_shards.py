@@ -206,6 +206,7 @@ class RecordBatches(L.Callback):
             f.write(json.dumps([trainer.global_step, digest(batch[0].cpu())]) + "\n")
 
 
+@pytest.mark.e2e
 def test_trains_and_resumes_mid_epoch_through_the_app(tmp_path):
     # 16 px square images at img_size 16 with crop scale [1, 1]: every random-resized crop is the whole image, so
     # the training batches are a function of the sample order alone and a resumed run must see bit-identical ones
