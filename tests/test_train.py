@@ -66,8 +66,9 @@ def test_wandb_offline_writes_its_run_files(tmp_path, monkeypatch):
 
 
 def group_options():
-    """Every (group, option) pair; a study's forms (``conf/sweep/<study>/tiny.yaml``) are options of ``sweep``."""
-    for group_dir in sorted(p for p in CONF_DIR.rglob("*") if p.is_dir() and p.name not in ("loader",)):
+    """Every (group, option) pair; a study's forms (``conf/sweep/<study>/tiny.yaml``) are options of ``sweep``.
+    ``conf/paper/`` holds the papers' tables, data that experiments include (tests/test_recipes.py), not a choice."""
+    for group_dir in sorted(p for p in CONF_DIR.rglob("*") if p.is_dir() and p.name not in ("loader", "paper")):
         group = group_dir.relative_to(CONF_DIR).as_posix()
         prefix = ""
         if group.startswith("sweep/"):
