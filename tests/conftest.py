@@ -1,5 +1,41 @@
-"""pytest set-up shared by every test: wandb stays offline and quiet."""
+"""pytest set-up shared by every test: wandb stays offline and quiet; parallel workers share the cores; the
+expensive artefacts several test modules read are built once per session (per worker under pytest-xdist).
+
+Tiers: ``uv run pytest -m "not e2e"`` runs the fast unit tests (the edit loop); ``uv run pytest`` runs everything,
+the end-to-end tests (``@pytest.mark.e2e``: a CLI process, a training run, DDP, a sweep, kill-and-resume) included.
+Workers: ``-n auto`` (at most 4) from pyproject.toml; ``-n 0`` runs in this process (a debugger, ``-x`` on one test).
+"""
 import os
+from pathlib import Path
+
+import pytest
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+
+# Under pytest-xdist each worker is a process: give each its share of the cores (torch would take them all in every
+# worker, and the CLI processes a test starts inherit the setting).
+_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _workers > 1 and "OMP_NUM_THREADS" not in os.environ:
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // _workers))
+
+
+@pytest.fixture(scope="session")
+def _tiny(tmp_path_factory) -> tuple[Path, dict]:
+    from tests.helpers import TINY, train
+
+    run_dir = tmp_path_factory.mktemp("tiny_run")
+    return run_dir, train(TINY, run_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(_tiny) -> Path:
+    """The folder of a finished ``TINY`` run (tests/helpers.py), trained once: read it, never write into it."""
+    assert _tiny[1]["status"] == "finished", _tiny[1]["error"]
+    return _tiny[0]
+
+
+@pytest.fixture(scope="session")
+def tiny_results(_tiny) -> dict:
+    """What ``train(TINY, tiny_run)`` returned."""
+    return _tiny[1]

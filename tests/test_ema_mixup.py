@@ -33,6 +33,7 @@ class Snapshots(L.Callback):
         self.states.append({k: v.detach().clone() for k, v in pl_module.model.state_dict().items()})
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("exclude_buffers", [False, True])
 def test_ema_weights_and_bn_statistics(tmp_path, exclude_buffers):
     """horizon 1 over 2 steps: decay 1 - 1/2. Update 1 copies (ModelEmaV3 step 1), update 2 lerps by 0.5."""
@@ -77,6 +78,7 @@ def test_mixup_targets(tmp_path):
         torch.testing.assert_close(t[i, others], torch.full((len(others),), 0.01))
 
 
+@pytest.mark.e2e
 def test_recipe_run_composes(tmp_path):
     """mixup + EMA + stochastic depth + gradient clipping + bf16-mixed in one tiny run."""
     r = train(TINY + ["model=vit_c_32", "mixup=xiao", "ema=pycls", "+model.drop_path_rate=0.1",

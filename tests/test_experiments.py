@@ -1,12 +1,19 @@
-"""Every conf/experiment/*.yaml composes, encodes its paper's numbers, and runs two steps on a tiny model."""
+"""Every conf/experiment/*.yaml composes, passes the schema and trains one step of its own (shrunk) model with its
+optimizer, parameter groups, loss, mixup and EMA; the five recipe bases run two steps end to end through the app (the
+others differ from their base only in the parts the first test steps through)."""
 from __future__ import annotations
 
+import hydra
 import pytest
+import torch
+from omegaconf import OmegaConf
 
 from tests.helpers import compose_config, train
+from vitstem.config import validate
 from vitstem.paths import CONF_DIR
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+BASES = ["xiao_peak", "xiao_stability", "deit", "wortsman_i1k", "wortsman_i21k"]  # every experiment's defaults start at one
 
 # The experiment's own model, stem and attention, shrunk: 1 block of width 32 at 32 px (patch 16: 2 x 2 tokens).
 SHRINK = ["data=synthetic", "model.depth=1", "model.embed_dim=32", "model.num_heads=2", "model.img_size=32",
@@ -20,10 +27,42 @@ def composed(name, *overrides):
     return compose_config([f"experiment={name}", *overrides])
 
 
+def test_every_experiment_starts_from_a_recipe_base():
+    for name in set(EXPERIMENTS) - set(BASES):
+        parents = OmegaConf.load(CONF_DIR / "experiment" / f"{name}.yaml").defaults
+        assert any(p in BASES for p in parents if isinstance(p, str)), name
+
+
 @pytest.mark.parametrize("name", EXPERIMENTS)
-def test_experiment_runs(name, tmp_path):
+def test_experiment_composes_validates_and_trains_a_step(name):
+    from vitstem.module import Classifier
+    from vitstem.optim import build_optimizer
+
     header = (CONF_DIR / "experiment" / f"{name}.yaml").read_text()
     assert header.startswith("# @package _global_") and "vitstem-train experiment=" in header
+    cfg = composed(name, *SHRINK)
+    validate(cfg)
+    data = hydra.utils.instantiate(cfg.data, _convert_="all")
+    groups = {k: OmegaConf.to_container(cfg[k], resolve=True)
+              for k in ("model", "optimizer", "weight_decay", "scheduler", "loss", "mixup", "ema")}
+    module = Classifier(**groups, num_classes=data.num_classes, img_size=data.img_size)
+    optimizer, rows = build_optimizer(module.model, groups["optimizer"], groups["weight_decay"], 8)
+    assert len(rows) == sum(p.requires_grad for p in module.model.parameters())  # every parameter in a group
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, data.num_classes, (8,))
+    if module.mixup is not None:
+        x, y = module.mixup(x, y)
+    before = [p.detach().clone() for p in module.model.parameters()]
+    loss = module.criterion(module(x), y)
+    loss.backward()
+    optimizer.step()
+    assert torch.isfinite(loss) and any(not torch.equal(a, p) for a, p in zip(before, module.model.parameters()))
+    assert (module.ema is not None) == bool(cfg.ema)
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("name", BASES)
+def test_recipe_base_runs(name, tmp_path):
     r = train([f"experiment={name}", *SHRINK], tmp_path)
     assert r["status"] == "finished" and r["steps"] == 2, r["error"]
     cfg = composed(name)

@@ -44,6 +44,7 @@ def test_head_bias_init_and_config_errors():
     assert (cfg.loss.head_bias_init, cfg.loss.label_smoothing) == (-6.9, 0.0)
 
 
+@pytest.mark.e2e
 def test_sigmoid_loss_trains_with_mixup_and_reports_its_val_loss(tmp_path):
     r = train(TINY + ["loss=sigmoid_bce", "mixup=big_vision", "loss.head_bias_init=-2.3"], tmp_path)
     assert r["status"] == "finished", r["error"]

@@ -77,6 +77,19 @@ def test_experiment_is_its_papers_recipe(name):
     assert {k: got[k] for k in want if got[k] != want[k]} == {}
 
 
+@pytest.mark.parametrize("model,opt", [(f"vit_{m}", o) for m in TABLE4 for o in ("adamw", "sgd")])
+def test_xiao_stability_takes_table_4s_cell_of_its_model_and_optimizer(model, opt):
+    cfg = compose_config(["experiment=xiao_stability", f"model={model}", f"optimizer={opt}"])
+    assert (cfg.optimizer.lr, cfg.optimizer.weight_decay) == TABLE4[model[4:]][opt == "sgd"]
+    assert cfg.optimizer._target_ == ("torch.optim.SGD" if opt == "sgd" else "torch.optim.AdamW")
+
+
+def test_xiao_stability_outside_table_4_trains_at_vit_c_4gfs_adamw_cell():
+    for overrides in (["model=vit_c_32"], ["model=vit_c_32", "optimizer=sgd"], ["model=vit_c_4gf", "optimizer=adam"]):
+        cfg = compose_config(["experiment=xiao_stability", *overrides])
+        assert (cfg.optimizer.lr, cfg.optimizer.weight_decay) == TABLE4["c_4gf"][0], overrides
+
+
 def test_vitstem_recipes_agrees_and_flags_an_override(capsys):
     with pytest.raises(SystemExit) as done:
         recipes_main(["--bases"])

@@ -27,6 +27,7 @@ def test_a_warmup_as_long_as_the_run_is_cut_to_half(scheduler, steps_per_epoch, 
     build_scheduler(torch.optim.SGD([torch.zeros(1, requires_grad=True)]), fitted, steps_per_epoch, epochs)  # accepted
 
 
+@pytest.mark.e2e
 def test_one_epoch_with_a_one_epoch_warmup_trains_with_a_warning(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="vitstem"):
         results = train(TINY + ["trainer.max_epochs=1", "scheduler.warmup=1"], tmp_path)
@@ -36,6 +37,7 @@ def test_one_epoch_with_a_one_epoch_warmup_trains_with_a_warning(tmp_path, caplo
     assert lrs == pytest.approx([0.0, 2e-3 * 8 / 128])  # 1 warm-up step from 0, then the cosine's peak
 
 
+@pytest.mark.e2e
 def test_fast_dev_run_finishes_and_writes_results(tmp_path):
     results = train(TINY + ["+trainer.fast_dev_run=true", "scheduler.warmup=1", "ema=pycls", "mixup=xiao"], tmp_path)
     assert results["status"] == "finished" and results["steps"] == 1 and results["error"] is None

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 CODE = """
 import sys
 import vitstem.train, vitstem.recipes, vitstem.bench, vitstem.data.shard_cli
@@ -14,6 +16,7 @@ print(timm.is_model("vit_c_4gf"), timm.is_model("vit_s8"))
 """
 
 
+@pytest.mark.e2e  # starts a Python process
 def test_cli_modules_import_no_heavy_library_and_models_register_with_timm_later():
     out = subprocess.run([sys.executable, "-c", CODE], capture_output=True, text=True, check=True).stdout.split("\n")
     assert out[0] == "[]" and out[1] == "True True"

@@ -14,8 +14,9 @@ RESULT_KEYS = {"status", "final_val_acc1", "best_val_acc1", "final_val_err1", "b
                "wall_time_s", "train_images_per_s", "diverged_at_step", "overrides", "git_commit", "versions"}
 
 
-def test_default_config_writes_a_complete_run_directory(tmp_path):
-    results = train(TINY, tmp_path)
+@pytest.mark.e2e
+def test_default_config_writes_a_complete_run_directory(tiny_run, tiny_results):
+    tmp_path, results = tiny_run, tiny_results  # tests/conftest.py: train(TINY, tiny_run) returned tiny_results
     assert RESULT_KEYS <= set(results)
     assert json.loads((tmp_path / "results.json").read_text()) == json.loads(json.dumps(results, default=str))
     assert results["status"] == "finished" and results["steps"] == 2 and results["epochs"] == 1
@@ -31,6 +32,7 @@ def test_default_config_writes_a_complete_run_directory(tmp_path):
     assert {"train/loss", "train/lr", "val/loss", "val/acc1", "val/acc5", "train/images_per_s"} <= columns
 
 
+@pytest.mark.e2e
 def test_a_short_run_learns(tmp_path):
     """A 2-block ViT on 16 px synthetic shapes: far above the 10% chance level in ~300 steps."""
     results = train(["model=vit_p_32", "model.depth=2", "model.embed_dim=64", "model.img_size=16",
@@ -41,6 +43,7 @@ def test_a_short_run_learns(tmp_path):
     assert results["final_val_acc1"] > 40, results
 
 
+@pytest.mark.e2e
 def test_divergence_is_detected_and_recorded(tmp_path):
     results = train(TINY + ["optimizer.lr=1e30", "trainer.limit_train_batches=6"], tmp_path)
     assert results["status"] == "diverged"
@@ -49,6 +52,7 @@ def test_divergence_is_detected_and_recorded(tmp_path):
     assert not (tmp_path / "checkpoints" / "last.ckpt").exists()  # nor a checkpoint of them
 
 
+@pytest.mark.e2e
 def test_wandb_offline_writes_its_run_files(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -62,8 +66,9 @@ def test_wandb_offline_writes_its_run_files(tmp_path, monkeypatch):
 
 
 def group_options():
-    """Every (group, option) pair; a study's forms (``conf/sweep/<study>/tiny.yaml``) are options of ``sweep``."""
-    for group_dir in sorted(p for p in CONF_DIR.rglob("*") if p.is_dir() and p.name not in ("loader",)):
+    """Every (group, option) pair; a study's forms (``conf/sweep/<study>/tiny.yaml``) are options of ``sweep``.
+    ``conf/paper/`` holds the papers' tables, data that experiments include (tests/test_recipes.py), not a choice."""
+    for group_dir in sorted(p for p in CONF_DIR.rglob("*") if p.is_dir() and p.name not in ("loader", "paper")):
         group = group_dir.relative_to(CONF_DIR).as_posix()
         prefix = ""
         if group.startswith("sweep/"):
@@ -99,6 +104,7 @@ def test_unknown_group_option_names_the_choices():
         compose_config(["model=vit_nope"])
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("override,message", [
     ("optimizer.lr=-0.1", "optimizer.lr=-0.1 must be positive"),
     ("model/stem=conv_xiao_4gf", "multiply to 16, not patch_size=4"),
@@ -112,6 +118,7 @@ def test_bad_override_fails_before_training(tmp_path, override, message):
     assert not (tmp_path / "checkpoints").exists()
 
 
+@pytest.mark.e2e
 def test_help_and_cfg_job(tmp_path):
     helped = run_cli("--help", cwd=tmp_path)
     assert helped.returncode == 0

@@ -99,6 +99,7 @@ def time_plain(cfg, steps: int, warmup: int) -> list[float]:
     from vitstem.loss import init_head_bias
     from vitstem.module import create_model
     from vitstem.optim import build_optimizer, build_scheduler, fit_warmup
+    from vitstem.instrument.metrics import compute_dtype
 
     device = torch.device("cuda" if cfg.trainer.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
                           else "cpu")
@@ -115,7 +116,7 @@ def time_plain(cfg, steps: int, warmup: int) -> list[float]:
     optimizer, _ = build_optimizer(model, group("optimizer"), group("weight_decay"), batch)
     schedule = build_scheduler(optimizer, fit_warmup(group("scheduler"), steps + warmup, 1), steps + warmup, 1)["scheduler"]
     precision = str(cfg.trainer.precision)
-    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+    dtype = compute_dtype(precision) if precision.endswith("-mixed") else None  # autocast only for mixed precision
     autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
     clip = cfg.trainer.gradient_clip_val
     x, y = one_batch(cfg, device)

@@ -344,6 +344,7 @@ class Config(TypedDict):
     run_dir: str | None  # None in a config composed outside the app (vitstem-recipes, vitstem-bench)
     retrain: bool
     study: Study
+    paper: NotRequired[dict]  # a paper's tables as data (conf/paper/): UNCHECKED
     seed: Annotated[int, Field(ge=0, le=2**32 - 1)]
     ckpt_path: str | None
     init_from: str | None
@@ -367,6 +368,8 @@ SCHEMA = TypeAdapter(Config)
 UNCHECKED = {
     "study": "a sweep's own tables (study.intervals, study.stems, study.draw, ...): read only through "
              "interpolations into the settings they set, which are checked",
+    "paper": "a paper's tables as data (conf/paper/xiao_table4.yaml): read only through interpolations into the "
+             "settings they set, which are checked",
 }
 # Nodes whose entries are components by _target_ (a user may add their own): an entry the schema does not know is
 # checked against its constructor only.

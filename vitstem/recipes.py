@@ -8,15 +8,17 @@
 Each cell is vitstem's value, read from the composed config (with ``data=imagenet``, so the augmentation of
 real data shows); where the paper's value differs it follows as ``[paper: ...]``, and a cell the paper does
 not state ends with ``†`` (our reading; ../shared/papers.md says which). The papers' values are the tables
-below (facts with their sources), not read back from the configs; the exit status is 1 when a cell differs.
+below (facts with their sources), not read back from the configs, except Xiao's Table 4, read from its one data
+file (conf/paper/xiao_table4.yaml; tests/test_recipes.py checks it); the exit status is 1 when a cell differs.
 """
 from __future__ import annotations
 
 import argparse
 import re
 import sys
+from collections.abc import Mapping
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from vitstem.config import ConfigError, compose, validate
 from vitstem.paths import CONF_DIR
@@ -54,10 +56,8 @@ _RANDAUG = {0: "rand-m0-n2-mmax15", 10: "rand-m10-n2-mmax15", 15: "rand-m15-n2-m
 _I1K_MODELS = {"s32": (15, 0.2), "s16": (15, 0.5), "s8": (15, 0.5), "b32": (15, 0.5), "b16": (15, 0.5),
                "l16": (15, 0.5)}
 _I21K_MODELS = {"s32": (None, 0), "s16": (0, 0), "b32": (10, 0.2), "b16": (10, 0.2), "l16": (15, 0.5)}
-# Xiao et al. Table 4 (batch 2048): AdamW (lr, wd), SGD (lr, wd)
-_TABLE4 = {"p_1gf": ((2e-3, 0.2), (1.9, 1.3e-5)), "p_4gf": ((2e-3, 0.2), (1.9, 1.3e-5)),
-           "p_18gf": ((1e-3, 0.24), (1.1, 1.2e-5)), "c_1gf": ((2.5e-3, 0.19), (1.9, 1.3e-5)),
-           "c_4gf": ((1e-3, 0.24), (1.3, 2.2e-5)), "c_18gf": ((1e-3, 0.24), (1.1, 2.7e-5))}
+# Xiao et al. Table 4 (batch 2048): {model: {optimizer: {lr, weight_decay}}}, the data file the configs read too
+TABLE4 = CONF_DIR / "paper" / "xiao_table4.yaml"
 
 
 def _aug(magnitude: int | None, base: dict) -> str:
@@ -65,14 +65,16 @@ def _aug(magnitude: int | None, base: dict) -> str:
     return crop + (f", RandAugment {_RANDAUG[magnitude]}{OURS}" if magnitude is not None else "")
 
 
-def paper(name: str) -> dict[str, str]:
-    """The paper's recipe for experiment ``name`` (its family's, with the per-model values)."""
+def paper(name: str, choices: Mapping[str, str] = {}) -> dict[str, str]:
+    """The paper's recipe for experiment ``name`` (its family's, with the per-model values); ``choices`` (Hydra's
+    runtime choices of the composed config) pick Table 4's cell of the xiao_stability runs."""
     if name.startswith("xiao_stability"):
         facts = {**_XIAO, "epochs": "50"}
-        if m := re.fullmatch(r"xiao_stability_(\w+?)_(adamw|sgd)", name):
-            (lr, wd) = _TABLE4[m[1]][m[2] == "sgd"]
-            facts.update({"lr @ batch": f"{lr:g} @ 2048", "weight decay": f"{wd:g} on {WD_SCOPE['pycls']}"})
-            if m[2] == "sgd":
+        cell = OmegaConf.load(TABLE4).get(choices.get("model"), {}).get(choices.get("optimizer"))
+        if cell is not None:
+            facts.update({"lr @ batch": f"{cell.lr:g} @ 2048", "weight decay": f"{cell.weight_decay:g} on "
+                          f"{WD_SCOPE['pycls']}"})
+            if choices["optimizer"] == "sgd":
                 facts["optimizer"] = "SGD momentum 0.9, Nesterov" + OURS
         return facts
     if name.startswith("xiao_"):
@@ -151,7 +153,7 @@ def compare(name: str, overrides: list[str] = ()) -> tuple[dict[str, str], int]:
     """The row of experiment ``name``: ours, with the paper's value after each cell that differs; the count."""
     cfg = compose([f"experiment={name}", "data=imagenet", *overrides])
     validate(cfg)  # a bad override: one line naming it (ConfigError), not a traceback from a cell's format
-    mine, theirs = ours(cfg), paper(name)
+    mine, theirs = ours(cfg), paper(name, cfg.hydra.runtime.choices)
     row, differ = {}, 0
     for col in COLUMNS:
         value, ref = mine[col], theirs.get(col)

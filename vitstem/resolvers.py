@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import math
 import os
 import sys
 from pathlib import Path
@@ -37,10 +36,12 @@ def loguniform(u: float, bounds) -> float:
     """``u`` in [0, 1) mapped log-uniformly onto ``bounds = [low, high]``: the config resolver
     ``${vitstem_loguniform:u,[low,high]}``, for a study whose interval depends on another choice (Xiao's lr
     and wd intervals differ per optimizer: the sweeper samples ``u``, the config picks the interval)."""
+    from vitstem.sweeps.random import Interval  # the sweeper's own log-uniform map (one formula)
+
     low, high = float(bounds[0]), float(bounds[1])
     if not 0 < low < high:
         raise ValueError(f"vitstem_loguniform: bounds {list(bounds)} must satisfy 0 < low < high")
-    return math.exp(math.log(low) + float(u) * (math.log(high) - math.log(low)))
+    return Interval("u", low, high, log=True).value(float(u))
 
 def precision(accelerator: str) -> str:
     """``${vitstem_precision:${trainer.accelerator}}``: ``bf16-mixed`` where the run will use a GPU that has

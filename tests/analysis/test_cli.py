@@ -71,6 +71,7 @@ def test_a_sweep_in_progress_without_a_plan(tmp_path, capsys):
     assert capsys.readouterr().out.splitlines()[0] == "xiao_lr_wd: 10 of 12 done"
 
 
+@pytest.mark.e2e
 def test_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
     for argv in ([str(tmp_path / "missing")], [str(tmp_path)]):
         with pytest.raises(SystemExit) as e:

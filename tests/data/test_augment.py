@@ -53,6 +53,7 @@ def test_bad_auto_augment_string_is_a_config_error(cifar_root, datamodule):
         datamodule(cifar(cifar_root[0], "data.augment.re_prob=1.5"))
 
 
+@pytest.mark.e2e
 def test_deit_repeated_augmentation_builds_its_own_sampler_and_trains(cifar_root, tmp_path):
     cfg = compose_config(cifar(cifar_root[0], "data/augment=deit"), tmp_path / "built")
     dm, _, trainer = build(cfg)

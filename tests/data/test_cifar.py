@@ -39,6 +39,7 @@ def test_other_img_size_resizes(cifar_root, datamodule):
     assert dm.train_set[0][0].shape == dm.val_set[0][0].shape == (3, 48, 48)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("name,classes", [("cifar10", 10), ("cifar100", 100)])
 def test_trains_through_the_app(cifar_root, tmp_path, name, classes):
     results = train(TINY + [f"data={name}", f"data.root={cifar_root[0]}", "data.verify_checksums=false"], tmp_path)

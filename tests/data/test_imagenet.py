@@ -25,6 +25,7 @@ def head_classes(run_dir) -> int:
     return state["model.head.weight"].shape[0]
 
 
+@pytest.mark.e2e
 def test_trains_through_the_app(imagefolder, tmp_path):
     results = train(args(imagefolder, "data.num_classes=4"), tmp_path / "run")
     assert results["status"] == "finished" and results["steps"] == 2
@@ -40,6 +41,7 @@ def test_samples_labels_and_transforms(imagefolder, datamodule):
     assert dm.val_set[7][0].shape == (3, 16, 16) and dm.val_set[7][1] == 3
 
 
+@pytest.mark.e2e
 def test_subset_is_every_kth_sorted_wnid_and_cap_keeps_the_first_files(imagefolder, datamodule, tmp_path):
     dm = datamodule(args(imagefolder, "data.num_classes=2", "data.max_per_class=3"))
     assert dm.classes == ["n00000000", "n00000002"]
@@ -67,6 +69,7 @@ def test_more_classes_than_folders_is_an_error(imagefolder, datamodule):
         datamodule(args(imagefolder))
 
 
+@pytest.mark.e2e
 def test_corrupt_image_stops_training_naming_the_file(imagefolder, tmp_path):
     bad = imagefolder / "train" / "n00000002" / "n00000002_1.JPEG"
     bad.write_bytes(bad.read_bytes()[:200])  # truncated JPEG

@@ -119,6 +119,7 @@ def tiny(tmp_path_factory):
     return run_dir, results, counter, direct
 
 
+@pytest.mark.e2e
 def test_statistics_appear_in_metrics_csv_and_results(tiny):
     run_dir, results, _, direct = tiny
     rows = read_csv(run_dir / "metrics.csv")
@@ -150,6 +151,7 @@ def test_statistics_appear_in_metrics_csv_and_results(tiny):
     assert json.loads((run_dir / "results.json").read_text())["diversity_ema"].keys() == {"stem", "block_00"}
 
 
+@pytest.mark.e2e
 def test_divergence_check_does_not_sync_every_step(tiny):
     _, _, counter, _ = tiny
     assert len(counter.calls) == 6 * 5
@@ -161,6 +163,7 @@ def test_divergence_check_does_not_sync_every_step(tiny):
     assert monitor.reads == 2  # the epoch end and the validation found nothing new to read
 
 
+@pytest.mark.e2e
 def test_a_stem_explosion_is_caught_at_its_step_and_the_last_good_checkpoint_kept(tmp_path):
     """A huge lr and weight decay on the stem alone: each AdamW step multiplies its weights by about -1e5, until
     its output overflows the next LayerNorm (training step 5, as the slow reference finds too)."""

@@ -63,6 +63,7 @@ def test_pycls_overlap_matches_get_epoch_lr():
         assert lr_factor(e, 50, 5, "cosine", warmup_start_factor=0.1, warmup_overlap=True) == pytest.approx(pycls)
 
 
+@pytest.mark.e2e
 def test_interval_epoch_in_lightning(tmp_path):
     """A real run: with interval=epoch the lr is constant within an epoch and steps once per epoch."""
     train(TINY + ["trainer.max_epochs=3", "scheduler.warmup=1", "scheduler.warmup_start_factor=0.1",

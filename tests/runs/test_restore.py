@@ -23,14 +23,6 @@ class Payload:
         return open, (self.marker, "w")
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """A finished TINY run; its ``checkpoints/last.ckpt`` serves as ckpt_path and init_from."""
-    run_dir = tmp_path_factory.mktemp("run")
-    assert train(TINY, run_dir)["status"] == "finished"
-    return run_dir
-
-
 def timm_state_dict(path, num_classes):
     model = timm.create_model("vit_p_32", depth=1, embed_dim=32, num_heads=2, img_size=16, num_classes=num_classes)
     torch.save(model.state_dict(), path)
@@ -64,6 +56,7 @@ def test_unreadable_and_missing_files_name_the_file(tmp_path):
         load_checkpoint(tmp_path / "list.ckpt")
 
 
+@pytest.mark.e2e
 def test_a_timm_state_dict_cannot_resume_one_line_error(tmp_path):
     timm_state_dict(tmp_path / "timm.pth", 10)
     proc = run_cli(*TINY, f"ckpt_path={tmp_path / 'timm.pth'}", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
@@ -76,6 +69,7 @@ def test_a_timm_state_dict_cannot_resume_one_line_error(tmp_path):
     assert results["status"] == "failed" and results["steps"] == 0
 
 
+@pytest.mark.e2e
 def test_another_projects_lightning_checkpoint_cannot_resume(tiny_run, tmp_path):
     checkpoint = torch.load(tiny_run / "checkpoints" / "last.ckpt", weights_only=True)
     check_resumable(tiny_run / "checkpoints" / "last.ckpt")  # vitstem's own resumes
@@ -89,6 +83,7 @@ def test_another_projects_lightning_checkpoint_cannot_resume(tiny_run, tmp_path)
         check_resumable(tmp_path / "other.ckpt")
 
 
+@pytest.mark.e2e
 def test_init_from_a_timm_state_dict_with_another_head(tmp_path):
     """5 classes in the file, 10 in the model: the head is skipped and reported, every other tensor loads."""
     saved = timm_state_dict(tmp_path / "timm5.pth", num_classes=5)
@@ -118,6 +113,7 @@ def test_init_from_a_dict_holding_the_weights(tmp_path, wrap):
     assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
 
 
+@pytest.mark.e2e
 def test_init_from_a_vitstem_run(tiny_run, tmp_path):
     path = tiny_run / "checkpoints" / "last.ckpt"
     state = torch.load(path, weights_only=True)["state_dict"]

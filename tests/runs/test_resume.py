@@ -9,6 +9,8 @@ from tests.helpers import TINY, run_cli, train
 from vitstem.config import ConfigError
 from vitstem.train import Interrupted
 
+pytestmark = pytest.mark.e2e  # every test here trains (kill-and-resume, DDP)
+
 # 3 epochs of 8 steps, mixup (NumPy + torch RNG in the training step), a checkpoint every 3 steps.
 EXACT = [o for o in TINY if not o.startswith(("trainer.limit_train_batches", "trainer.max_epochs"))] + [
     "data.train_size=64", "data.val_size=32", "trainer.max_epochs=3", "trainer.deterministic=true",

@@ -22,6 +22,7 @@ def sweep(tmp_path_factory):
     return proc, tmp, {int(j.name): (j, json.loads((j / "results.json").read_text())) for j in jobs}
 
 
+@pytest.mark.e2e
 def test_every_rank_of_each_job_trains_that_job_in_its_folder(sweep):
     proc, tmp, jobs = sweep
     assert sorted(jobs) == [0, 1, 2] and all(j.parent == tmp / "sweep" for j, _ in jobs.values()), proc.stderr[-3000:]
@@ -35,6 +36,7 @@ def test_every_rank_of_each_job_trains_that_job_in_its_folder(sweep):
         assert results["global_batch_size"] == 16 and (job / "ddp_rank1.log").is_file()  # rank 1: its own text log
 
 
+@pytest.mark.e2e
 def test_a_rank_that_dies_fails_its_job_and_the_sweep_goes_on(sweep):
     proc, _, jobs = sweep
     error = jobs[0][1]["error"]

@@ -19,6 +19,8 @@ import torch
 
 from tests.helpers import train
 
+pytestmark = pytest.mark.e2e  # every test here trains (kill-and-resume, DDP)
+
 FULL_BATCH = ["model=vit_p_32", "model.depth=1", "model.embed_dim=32", "model.num_heads=2", "model.img_size=16",
               "data.train_size=64", "data.val_size=64", "trainer.max_epochs=8", "scheduler.warmup=0", "optimizer=sgd",
               "trainer.accelerator=cpu", "trainer.deterministic=true", "trainer.enable_progress_bar=false"]

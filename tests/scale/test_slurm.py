@@ -81,6 +81,7 @@ class SignalProbe(L.Callback):
             "usr1": name(signal.getsignal(signal.SIGUSR1)), "usr2": name(signal.getsignal(signal.SIGUSR2))}))
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("submitit", [True, False])
 def test_lightning_requeues_on_slurm_only_without_submitit(submitit, tmp_path, monkeypatch):
     for k, v in {**SLURM_TASK, **({"SUBMITIT_EXECUTOR": "slurm"} if submitit else {})}.items():
@@ -126,6 +127,7 @@ class SignalAt(L.Callback):
             os.kill(os.getpid(), signal.SIGUSR2)
 
 
+@pytest.mark.e2e
 def test_requeue_comes_after_the_checkpoint_of_the_stopped_step(tmp_path, monkeypatch):
     """vitstem-train's order under submitit: signal after step 3's checkpoint hook, stop after step 4, last.ckpt,
     results.json, then submitit's requeue."""
@@ -170,6 +172,7 @@ def test_local_environment_reads_ranks_from_submitit(monkeypatch):
         env.validate_settings(num_devices=1, num_nodes=1)
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(not os.environ.get("VITSTEM_SLOW_TESTS"), reason="about 150 s: set VITSTEM_SLOW_TESTS=1")
 def test_local_multirun_of_ddp_jobs_requeues_a_signalled_job_and_finishes_both(tmp_path):
     """Two jobs of two DDP processes each (one process per task, as on SLURM). Job 0 gets submitit's SIGUSR2

@@ -69,6 +69,7 @@ def _statuses(sweep_dir):
     return {int(p.parent.name): json.loads(p.read_text()) for p in sweep_dir.glob("*/results.json")}
 
 
+@pytest.mark.e2e
 def test_a_random_sweep_runs_every_job_and_reports_the_failed_ones(sweep):
     sweep_dir, _, first = sweep
     results = _statuses(sweep_dir)
@@ -86,6 +87,7 @@ def test_a_random_sweep_runs_every_job_and_reports_the_failed_ones(sweep):
     assert results[0]["hparams"]["weight_decay"] != results[3]["hparams"]["weight_decay"]
 
 
+@pytest.mark.e2e
 def test_running_the_sweep_again_skips_done_jobs_and_retries_failed_ones(sweep):
     sweep_dir, args, _ = sweep
     before = {n: r["wall_time_s"] for n, r in _statuses(sweep_dir).items()}
@@ -100,6 +102,7 @@ def test_running_the_sweep_again_skips_done_jobs_and_retries_failed_ones(sweep):
     assert "Traceback" not in same.stderr
 
 
+@pytest.mark.e2e
 def test_an_unknown_study_lists_the_studies(tmp_path):
     proc = run_cli("-m", "sweep=nope", cwd=tmp_path)
     assert proc.returncode != 0 and "xiao_lr_wd" in proc.stderr and "Traceback" not in proc.stderr

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from vitstem.analysis.edf import WITHIN
+from vitstem.runs.results import fmt
 
 RUN_COLUMNS = ("job", "status", "group", "error", "lr", "lr_scaled", "weight_decay", "model", "stem", "attention",
                "alpha", "optimizer", "sample", "epochs", "best_acc1", "final_acc1", "best_ema_acc1", "wall_time_s",
@@ -26,16 +27,6 @@ def write_csv(path: Path, rows: list[dict], columns: tuple[str, ...]) -> None:
         out = csv.writer(f)
         out.writerow(columns)
         out.writerows([["" if v is None else v for v in line] for line in table(rows, columns)])
-
-
-def fmt(value, percent: bool = False) -> str:
-    if value is None:
-        return "-"
-    if percent:
-        return f"{100 * value:.0f}%"
-    if isinstance(value, float):
-        return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.0f}"
-    return str(value)
 
 
 def headline(sweep: dict) -> str:

@@ -129,11 +129,14 @@ def read_results(run_dir: Path) -> dict | None:
     return record
 
 
-def _fmt(value) -> str:
+def fmt(value, percent: bool = False) -> str:
+    """A number as the tables print it (a run's summary and a sweep's report): 4 significant digits, ``-`` for none."""
     if value is None:
         return "-"
+    if percent:
+        return f"{100 * value:.0f}%"
     if isinstance(value, float):
-        return f"{value:.4g}" if abs(value) < 1000 else f"{value:.0f}"
+        return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.0f}"
     return str(value)
 
 
@@ -150,5 +153,5 @@ def print_summary(results: dict) -> None:
                 "train_images_per_s_with_data", "mfu", "wall_time_s", "diverged_at_step", "diverged_block",
                 "spikes_total", "error", "run_dir"):
         if key in results and (results[key] is not None or key in ("final_val_acc1",)):
-            table.add_row(key, Text(_fmt(results[key])))  # as text: an error message may contain [brackets]
+            table.add_row(key, Text(fmt(results[key])))  # as text: an error message may contain [brackets]
     Console().print(table)
