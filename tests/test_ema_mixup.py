@@ -120,3 +120,29 @@ def test_channels_last_conv_stem_gives_the_same_outputs(tmp_path):
     assert xb.is_contiguous(memory_format=torch.channels_last)
     assert module.model.patch_embed.proj[0].weight.is_contiguous(memory_format=torch.channels_last)
     assert torch.allclose(module(xb), before, atol=1e-5)
+
+
+class ForeignGenerator:
+    """Stands for the generator timm's ModelEmaV3 made on the device the model had when the EMA was built (the CPU)
+    once the weights live elsewhere (a GPU): seen from the weights, a generator of another device."""
+    device = torch.device("cuda", 0)
+
+
+def test_ema_in_bf16_true_built_before_the_model_moves(tmp_path):
+    """trainer.precision=bf16-true with an EMA: the bf16 EMA rounds stochastically with its own generator, which must
+    live where the weights do after Lightning moved and cast the module (it crashed on the first update on a GPU)."""
+    datamodule, module, trainer = build_tiny(["ema=deit", "trainer.precision=bf16-true", "trainer.limit_train_batches=3"],
+                                             tmp_path)
+    module.ema._sr_generator = ForeignGenerator()  # the EMA was built before the weights moved
+    first = Snapshots()
+    trainer.callbacks.append(first)
+    trainer.fit(module, datamodule=datamodule)
+    weights = list(module.ema.module.parameters())
+    assert weights[0].dtype == torch.bfloat16
+    generator = module.ema._sr_generator
+    assert isinstance(generator, torch.Generator) and generator.device == weights[0].device
+    # the updates after the first (a copy) lerped with decay 0.99996: the EMA moved off the first step's weights
+    ema, (w1, _, w3) = module.ema.module.state_dict(), first.states
+    key = "blocks.0.attn.qkv.weight"
+    assert ema[key].dtype == torch.bfloat16 and not torch.equal(w1[key], w3[key])
+    assert not torch.equal(generator.get_state(), torch.Generator().manual_seed(0).get_state())  # it drew

@@ -40,6 +40,23 @@ def ema_decay(ema: dict, total_steps: int) -> float:
     return max(0.0, 1.0 - 1.0 / (ema["horizon"] * total_steps))
 
 
+class EMA(ModelEmaV3):
+    """timm's ``ModelEmaV3`` whose stochastic-rounding generator follows the copy's device.
+
+    timm makes that generator (bf16 weights are rounded stochastically) on the device the model has when the EMA is
+    built, the CPU here; Lightning then moves the module to the GPU (and ``trainer.precision=bf16-true`` makes the
+    weights bf16), and the first update drew on CUDA with a CPU generator and crashed. Each move (``.to``,
+    ``.cuda``, ``.bfloat16``) makes a new generator on the copy's device, seeded as timm seeds it.
+    """
+
+    def _apply(self, fn, *args, **kwargs):
+        out = super()._apply(fn, *args, **kwargs)
+        device = next(self.module.parameters()).device
+        if getattr(self._sr_generator, "device", None) != device:
+            self._sr_generator = torch.Generator(device=device).manual_seed(self.stochastic_rounding_seed)
+        return out
+
+
 class Classifier(L.LightningModule):
     """Image classification; logs loss, lr, top-1 / top-5 accuracy (percent).
 
@@ -74,7 +91,7 @@ class Classifier(L.LightningModule):
         if ema:
             # Only validation_step calls the EMA, and Lightning runs validation in eval mode; the copy's mode
             # otherwise follows the module's (ModelEmaV3 sets eval, which Lightning would warn about).
-            self.ema = ModelEmaV3(self.model, exclude_buffers=ema["exclude_buffers"]).requires_grad_(False).train()
+            self.ema = EMA(self.model, exclude_buffers=ema["exclude_buffers"]).requires_grad_(False).train()
         prefixes = ("val", "val_ema") if self.ema else ("val",)
         self.acc1 = nn.ModuleDict({p: MulticlassAccuracy(num_classes, top_k=1, average="micro") for p in prefixes})
         self.acc5 = nn.ModuleDict({p: MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro")
