@@ -146,3 +146,21 @@ def test_ema_in_bf16_true_built_before_the_model_moves(tmp_path):
     key = "blocks.0.attn.qkv.weight"
     assert ema[key].dtype == torch.bfloat16 and not torch.equal(w1[key], w3[key])
     assert not torch.equal(generator.get_state(), torch.Generator().manual_seed(0).get_state())  # it drew
+
+
+def test_channels_last_is_set_before_the_strategy_wraps_the_model(tmp_path, monkeypatch):
+    """DDP builds its gradient buckets from the strides the parameters have when the strategy wraps the model: the
+    conv stem must be channels-last by then (else a stride-mismatch warning and a copy per bucket every step)."""
+    datamodule, module, trainer = build_tiny(["model=vit_c_32", "ema=deit"], tmp_path)
+    monkeypatch.setattr(type(module), "wants_channels_last", lambda self, device: True, raising=False)  # a GPU
+    seen = []
+    setup = type(trainer.strategy).setup
+
+    def record(strategy, trainer_):
+        seen.append(module.model.patch_embed.proj[0].weight.is_contiguous(memory_format=torch.channels_last))
+        setup(strategy, trainer_)
+
+    monkeypatch.setattr(type(trainer.strategy), "setup", record)
+    trainer.fit(module, datamodule=datamodule)
+    assert seen == [True] and module.channels_last
+    assert module.ema.module.patch_embed.proj[0].weight.is_contiguous(memory_format=torch.channels_last)

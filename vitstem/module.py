@@ -99,24 +99,28 @@ class Classifier(L.LightningModule):
         self.best_val_acc1: float | None = None
         self.best_val_ema_acc1: float | None = None
         self.diverged_at_step: int | None = None
-        self.channels_last = False  # set at fit start: a conv stem on a GPU
+        self.channels_last = False  # set in configure_model: a conv stem on a GPU
         self.param_rows: list[param_groups.ParamRow] = []
 
     def configure_model(self) -> None:
+        """Before the strategy moves the module and wraps it in DDP (whose gradient buckets then see the final strides):
+        channels-last for a conv stem on a GPU, and ``torch.compile``."""
+        trainer = self._trainer
+        if trainer is not None and self.wants_channels_last(trainer.strategy.root_device):
+            self.channels_last = True
+            for net in (self.model, self.ema.module if self.ema else None):
+                if net is not None:
+                    net.patch_embed.to(memory_format=torch.channels_last)
         if self.hparams.compile and self.model._compiled_call_impl is None:
             for m in (self.model, self.ema.module if self.ema else None):
                 if m is not None:
                     m.compile()
 
-    def on_fit_start(self) -> None:
+    def wants_channels_last(self, device: torch.device) -> bool:
         """On a GPU, a conv stem (more than one conv) runs channels-last: cuDNN's fast layout for 3x3 convs with
         BatchNorm. The stem's weights and the input batch change layout; parameter names and values do not."""
         convs = [m for m in self.model.patch_embed.modules() if isinstance(m, nn.Conv2d)]
-        self.channels_last = self.device.type == "cuda" and len(convs) > 1
-        if self.channels_last:
-            for net in (self.model, self.ema.module if self.ema else None):
-                if net is not None:
-                    net.patch_embed.to(memory_format=torch.channels_last)
+        return device.type == "cuda" and len(convs) > 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
