@@ -17,6 +17,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from vitstem.config import ConfigError
 import vitstem.models  # noqa: F401  (registers the model zoo)
 from vitstem.loss import init_head_bias
+from vitstem.models import memory
 from vitstem.optim import build_optimizer, build_scheduler, fit_warmup, param_groups, warmup_steps
 
 log = logging.getLogger("vitstem")
@@ -101,6 +102,41 @@ class Classifier(L.LightningModule):
         self.diverged_at_step: int | None = None
         self.channels_last = False  # set in configure_model: a conv stem on a GPU
         self.param_rows: list[param_groups.ParamRow] = []
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.trainer.strategy.root_device.type == "cuda":
+            device = self.trainer.strategy.root_device
+            self.check_memory(torch.cuda.get_device_properties(device).total_memory, torch.cuda.get_device_name(device))
+
+    def memory_estimate(self) -> memory.MemoryEstimate:
+        """The estimated peak memory of one device in a training step at this run's settings (eager)."""
+        trainer, hp = self.trainer, self.hparams
+        return memory.estimate(lambda: create_model(hp.model, hp.num_classes, hp.img_size), trainer.datamodule.batch_size,
+                               hp.img_size, str(trainer.precision), memory.optimizer_states(hp.optimizer),
+                               ema=self.ema is not None, ddp=trainer.world_size > 1)
+
+    def check_memory(self, total: int, device: str = "the device") -> memory.MemoryEstimate:
+        """Before training: the estimate (:mod:`vitstem.models.memory`) against ``total`` bytes of device memory. A
+        batch estimated not to fit is refused (with ``compile=true``, which keeps less, only warned about) with the
+        per-device batch and accumulation that keep the global batch and fit; one that fits only tightly is warned about."""
+        est = self.memory_estimate()
+        accumulate = self.trainer.accumulate_grad_batches
+        batch_key = f"data.loader.batch_size={est.batch}"
+        if est.total <= total * (1 - memory.RESERVE):
+            log.info("memory: estimated peak %.1f GB of %.1f GB on %s at %s", est.total / memory.GB, total / memory.GB,
+                     device, batch_key)
+            return est
+        fit = memory.fit_batch(est, accumulate, total)
+        advice = (f"use data.loader.batch_size={fit[0]} trainer.accumulate_grad_batches={fit[1]} (the same global batch)"
+                  if fit else "not even one image fits: use a smaller model or image size")
+        message = (f"{batch_key} needs about {est.total / memory.GB:.1f} GB per device (activations "
+                   f"{est.activations / memory.GB:.1f} GB, of which point-wise attention maps "
+                   f"{est.attention_maps_per_image * est.batch / memory.GB:.1f} GB), {device} has {total / memory.GB:.1f} GB: "
+                   f"{advice}; the largest batch that fits is about {memory.largest_batch(est, total)}")
+        if est.total > total and not self.hparams.compile:
+            raise ConfigError(message)
+        log.warning("memory: %s", message)
+        return est
 
     def configure_model(self) -> None:
         """Before the strategy moves the module and wraps it in DDP (whose gradient buckets then see the final strides):
