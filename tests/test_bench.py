@@ -32,3 +32,16 @@ def test_a_bad_override_is_one_line_before_any_compute(tmp_path, bad, message):
         bench_main([bad, "--out", str(tmp_path / "b.json")])
     assert str(done.value).startswith("vitstem-bench: configuration error:") and message in str(done.value)
     assert not (tmp_path / "b.json").exists()
+
+
+def test_memory_mode_estimates_without_running_and_suggests_a_batch_that_fits(tmp_path, capsys):
+    """ViT-S/8 with ReLU attention at 512 per GPU (the documented batch before): about 135 GB estimated, more than an
+    H200; 256 x 2 accumulated keeps the images per step and fits 80 GB."""
+    out = tmp_path / "memory.json"
+    bench_main(["experiment=wortsman_s8_relu", "data.loader.batch_size=512", "trainer.accumulate_grad_batches=1",
+                "--memory", "80", "--out", str(out)])
+    m = json.loads(out.read_text())["memory"]
+    assert (m["model"], m["precision"], m["batch"]) == ("vit_s8", "bf16-mixed", 512)
+    assert 120 < m["estimate_gb"] < 150 and m["attention_maps_gb"] > 40
+    assert m["fits"] == {"batch_size": 256, "accumulate_grad_batches": 2} and 256 <= m["largest_batch"] < 512
+    assert "use data.loader.batch_size=256 trainer.accumulate_grad_batches=2" in capsys.readouterr().out
