@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import hydra
@@ -15,6 +16,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from vitstem.config import ConfigError
+from vitstem.data.transfer import rank_cpus
 import vitstem.models  # noqa: F401  (registers the model zoo)
 from vitstem.loss import init_head_bias
 from vitstem.models import memory
@@ -104,6 +106,10 @@ class Classifier(L.LightningModule):
         self.param_rows: list[param_groups.ParamRow] = []
 
     def setup(self, stage: str) -> None:
+        """Every rank: its torch threads capped at the CPUs it has (:func:`vitstem.data.transfer.rank_cpus`; not when
+        ``OMP_NUM_THREADS`` is set); on a GPU, the memory check (:meth:`check_memory`)."""
+        if "OMP_NUM_THREADS" not in os.environ:
+            torch.set_num_threads(rank_cpus(self.trainer.num_devices))
         if stage == "fit" and self.trainer.strategy.root_device.type == "cuda":
             device = self.trainer.strategy.root_device
             self.check_memory(torch.cuda.get_device_properties(device).total_memory, torch.cuda.get_device_name(device))

@@ -63,6 +63,11 @@ class Lighting:
         self.std = std
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        """One image (3, H, W), or a batch (B, 3, H, W) with an ``alpha`` per image (on the batch's device)."""
+        if img.dim() == 4:
+            alpha = torch.randn(img.shape[0], 3, device=img.device) * self.std
+            shift = (alpha * self.EIGVAL.to(img.device)) @ self.EIGVEC.to(img.device).T
+            return img + shift.to(img.dtype).view(-1, 3, 1, 1)
         alpha = torch.randn(3) * self.std
         return img + (self.EIGVEC @ (alpha * self.EIGVAL)).to(img.dtype).view(3, 1, 1)
 

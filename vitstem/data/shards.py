@@ -533,7 +533,7 @@ class ShardDataModule(AugmentedDataModule):
         the ranks, transformed as in training."""
         stream = self._stream(self.trained_set, train=True, shuffle=True, buffer=self.shuffle_buffer, seed=seed,
                               limit=num_images)
-        return DataLoader(stream, **self._loader_args(persistent=False))
+        return DataLoader(stream, collate_fn=self.cpu_collate(), **self._loader_args(persistent=False))
 
     @property
     def skipped(self) -> int:
