@@ -129,3 +129,17 @@ def test_lighting_on_a_batch_is_lighting_per_image():
     for i in range(3):
         expected = batch[i] + (Lighting.EIGVEC @ (alpha[i] * Lighting.EIGVAL)).view(3, 1, 1)
         torch.testing.assert_close(lit[i], expected)
+
+
+def test_precise_bn_images_are_split_evenly_over_the_ranks(cifar_dm):
+    """Under sync_batchnorm every BatchNorm forward is a collective: the ranks must make as many (10 images over 3 ranks
+    were 4, 3, 3: a batch of 2 made 2, 2, 2 batches, but a batch of 1 made 4, 3, 3 and the collectives did not pair)."""
+    dm = cifar_dm("data.loader.batch_size=1")
+    images, batches = [], []
+    for rank in range(3):
+        dm.trainer = SimpleNamespace(world_size=3, global_rank=rank)
+        loader = dm.sample_dataloader(10, seed=0)
+        images.append(set(loader.dataset.indices))
+        batches.append(sum(1 for _ in loader))
+    assert batches == [3, 3, 3] and [len(i) for i in images] == [3, 3, 3]
+    assert len(images[0] | images[1] | images[2]) == 9  # different images on each rank

@@ -109,9 +109,12 @@ class ImageDataModule(L.LightningDataModule):
 
     def sample_dataloader(self, num_images: int, seed: int) -> DataLoader:
         """``num_images`` random training images (a fixed draw for ``seed``), transformed as in training and
-        split over the ranks: the data of statistics such as precise BatchNorm. Workers as in training, not kept."""
+        split over the ranks: the data of statistics such as precise BatchNorm. Workers as in training, not kept.
+        Every rank gets as many images (``num_images`` rounded down to a multiple of the ranks), so as many batches:
+        under ``sync_batchnorm`` each forward is a collective that all ranks must make."""
         world, rank = self._world()
         dataset = self.trained_set
+        num_images -= num_images % world
         order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:num_images]
         workers = self.loader["num_workers"]
         return DataLoader(Subset(dataset, order[rank::world].tolist()), batch_size=self.loader["batch_size"],
