@@ -29,8 +29,8 @@ import torch
 
 from vitstem.instrument import RESULT_KEYS
 from vitstem.instrument.metrics import (HEAD, STEM, SpikeDetector, block_layout, block_name, block_norms,
-                                        block_statistics, compute_dtype, first_nonfinite, peak_flops, spike_events,
-                                        total_norm, train_flops_per_image)
+                                        block_statistics, compute_dtype, first_nonfinite, loss_scale, peak_flops,
+                                        spike_events, total_norm, train_flops_per_image)
 
 log = logging.getLogger("vitstem")
 
@@ -134,6 +134,8 @@ class StabilityMonitor(L.Callback):
             self._grad_index[present] = self._index[torch.tensor(present, device=self._index.device)]
         nb = len(self.blocks)
         self._grad = block_norms(grads, self._grad_index[present], nb) if grads else self._grad.zero_()
+        if (scale := loss_scale(trainer, optimizer)) is not None:  # fp16 gradients still loss-scaled: the true norms
+            self._grad = self._grad / scale
         self._pending = trainer.global_step
         if (trainer.global_step + 1) % self.every_n_steps == 0:  # a logged step: the update's norm too
             self._snapshot = [p.detach().clone() for p in self._params]
