@@ -164,3 +164,17 @@ def test_channels_last_is_set_before_the_strategy_wraps_the_model(tmp_path, monk
     trainer.fit(module, datamodule=datamodule)
     assert seen == [True] and module.channels_last
     assert module.ema.module.patch_embed.proj[0].weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_full_fp32_on_a_gpu_is_said_once(caplog, monkeypatch):
+    """The precision default falls back to 32-true without an NVIDIA device file; on a GPU that is said, once."""
+    from vitstem import module as vm
+
+    monkeypatch.setattr(vm, "_WARNED", set())
+    with caplog.at_level("WARNING", logger="vitstem"):
+        assert vm.warn_full_fp32("32-true", "highest", "NVIDIA H100")
+        assert not vm.warn_full_fp32("32-true", "highest", "NVIDIA H100")  # once
+    assert sum("full fp32 on NVIDIA H100" in r.message for r in caplog.records) == 1
+    monkeypatch.setattr(vm, "_WARNED", set())
+    assert not vm.warn_full_fp32("bf16-mixed", "highest", "NVIDIA H100")
+    assert not vm.warn_full_fp32("32-true", "high", "NVIDIA H100")  # TF32 asked for

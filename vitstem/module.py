@@ -43,6 +43,22 @@ def ema_decay(ema: dict, total_steps: int) -> float:
     return max(0.0, 1.0 - 1.0 / (ema["horizon"] * total_steps))
 
 
+_WARNED: set[str] = set()
+
+
+def warn_full_fp32(precision: str, matmul_precision: str, device: str) -> bool:
+    """Say once per process when a GPU run computes in full fp32 (``32-true`` at ``matmul_precision=highest``): the
+    precision default is ``32-true`` where the config saw no NVIDIA device file (a container without /dev/nvidia*),
+    silently several times slower than bf16. Returns whether it warned."""
+    if precision not in ("32-true", "32") or matmul_precision != "highest" or "fp32" in _WARNED:
+        return False
+    _WARNED.add("fp32")
+    log.warning("this run trains in full fp32 on %s (trainer.precision=%s, matmul_precision=highest; the default is "
+                "32-true where no /dev/nvidia* device file is seen): set trainer.precision=bf16-mixed, or "
+                "matmul_precision=high for TF32", device, precision)
+    return True
+
+
 class EMA(ModelEmaV3):
     """timm's ``ModelEmaV3`` whose stochastic-rounding generator follows the copy's device.
 
@@ -112,6 +128,7 @@ class Classifier(L.LightningModule):
             torch.set_num_threads(rank_cpus(self.trainer.num_devices))
         if stage == "fit" and self.trainer.strategy.root_device.type == "cuda":
             device = self.trainer.strategy.root_device
+            warn_full_fp32(str(self.trainer.precision), torch.get_float32_matmul_precision(), torch.cuda.get_device_name(device))
             self.check_memory(torch.cuda.get_device_properties(device).total_memory, torch.cuda.get_device_name(device))
 
     def memory_estimate(self) -> memory.MemoryEstimate:
