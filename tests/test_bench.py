@@ -1,9 +1,16 @@
 """vitstem-bench on a tiny model: both paths train, the JSON and table are written (no timing asserted)."""
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+
+from vitstem.config import ConfigError
 
 from vitstem.bench import main as bench_main
 
@@ -45,3 +52,48 @@ def test_memory_mode_estimates_without_running_and_suggests_a_batch_that_fits(tm
     assert 120 < m["estimate_gb"] < 150 and m["attention_maps_gb"] > 40
     assert m["fits"] == {"batch_size": 256, "accumulate_grad_batches": 2} and 256 <= m["largest_batch"] < 512
     assert "use data.loader.batch_size=256 trainer.accumulate_grad_batches=2" in capsys.readouterr().out
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_gpu_check():
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "benchmarks" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_check_dry_mode_composes_every_command_and_runs_none(tmp_path, capsys):
+    """benchmarks/gpu_check.py --dry on a CPU: every step printed, every vitstem config composed and validated, no
+    file written; the steps cover the issue's list (precision, both models x attention x compile, pinned vs unpinned,
+    checkpoint cadence, SIGTERM then the same command)."""
+    gpu_check = load_gpu_check()
+    out = tmp_path / "gpu"
+    assert gpu_check.main(["--dry", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    names = [s["name"] for s in gpu_check.steps(out)]
+    assert names == ["precision", "bench vit_s16", "bench vit_c_4gf", "data pin_memory=true", "data pin_memory=false",
+                     "checkpoints every 10 steps", "checkpoints end only", "sigterm then resume"]
+    for name in names:
+        assert f"[{name}, at most" in text
+    assert text.count("--attention softmax relu --compile off on") == 2 and f"{out}/bench_vit_c_4gf.json" in text
+    assert "dry run: 8 steps composed, none run" in text and not out.exists()
+
+
+def test_gpu_check_dry_mode_refuses_a_command_that_does_not_compose(tmp_path, monkeypatch):
+    gpu_check = load_gpu_check()
+    monkeypatch.setitem(gpu_check.CADENCES, "broken", ["trainer.precision=bf17"])
+    with pytest.raises(ConfigError, match="trainer.precision=.bf17"):
+        gpu_check.main(["--dry", "--out", str(tmp_path)])
+
+
+@pytest.mark.e2e
+def test_gpu_check_sh_dry(tmp_path):
+    """The shell entry point in its dry mode (what a CPU can run of it): the install lines and every step printed."""
+    env = {**os.environ, "DRY": "1", "PYTHON": sys.executable, "OUT": str(tmp_path / "gpu")}
+    proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh")], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("+ command -v uv || pip install uv\n+ uv sync\n")
+    assert "dry run: 8 steps composed, none run" in proc.stdout and not (tmp_path / "gpu").exists()
