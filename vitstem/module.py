@@ -129,7 +129,8 @@ class Classifier(L.LightningModule):
         if stage == "fit" and self.trainer.strategy.root_device.type == "cuda":
             device = self.trainer.strategy.root_device
             warn_full_fp32(str(self.trainer.precision), torch.get_float32_matmul_precision(), torch.cuda.get_device_name(device))
-            self.check_memory(torch.cuda.get_device_properties(device).total_memory, torch.cuda.get_device_name(device))
+            if hasattr(self.trainer.datamodule, "batch_size"):  # a vitstem data module: the batch is known
+                self.check_memory(torch.cuda.get_device_properties(device).total_memory, torch.cuda.get_device_name(device))
 
     def memory_estimate(self) -> memory.MemoryEstimate:
         """The estimated peak memory of one device in a training step at this run's settings (eager)."""
