@@ -52,7 +52,7 @@ class ImageDataModule(L.LightningDataModule):
         return self._loader
 
     def __setattr__(self, name, value):
-        if name in ("train_transform", "eval_transform") and value is not None:
+        if name in ("train_transform", "eval_transform") and not isinstance(value, (transfer.SplitTransform, type(None))):
             value = transfer.SplitTransform(value)  # the same transform; uint8 output when the loader says so
         super().__setattr__(name, value)
 
