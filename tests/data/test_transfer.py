@@ -100,7 +100,7 @@ def test_images_travel_as_uint8_and_are_normalised_on_the_device_as_in_the_loade
 def test_training_augmentation_after_the_tensor_runs_on_the_batch(cifar_dm):
     """Xiao's lighting and DeiT's random erasing come after the tensor conversion: they run per image of the batch
     on the device; precise BatchNorm's loader (not moved by Lightning) finishes on the CPU."""
-    gpu = cifar_dm("data/augment=deit", "data.augment.lighting=0.1", "data.augment.re_prob=1.0")
+    gpu = cifar_dm("data/augment=deit", "data.augment.num_repeats=1", "data.augment.lighting=0.1", "data.augment.re_prob=1.0")
     gpu.trainer = fake_trainer(cuda=True, training=True)
     x, y = next(iter(gpu.train_dataloader()))
     assert x.dtype == torch.uint8 and x.shape == (4, 3, 32, 32)
