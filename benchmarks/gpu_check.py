@@ -121,7 +121,8 @@ def summary(out: Path, records: list[dict]) -> str:
     p = out / "precision.json"
     if p.exists():
         pr = json.loads(p.read_text())
-        lines += [f"precision default: {pr['precision']} (matmul_precision {pr['matmul_precision']}) on {pr['device']}", ""]
+        lines += [f"precision default: {pr['precision']} (matmul_precision {pr['matmul_precision']}) on "
+                  f"{pr['device']}", ""]
     lines += ["| model | attention | compile | batch | vitstem images/s | plain images/s | MFU | peak GB | estimated GB |",
               "|---|---|---|---|---|---|---|---|---|"]
     for model in BENCH_MODELS:
