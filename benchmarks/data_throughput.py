@@ -31,6 +31,7 @@ import os
 import platform
 import sys
 import time
+from types import SimpleNamespace
 from pathlib import Path
 
 import hydra
@@ -74,6 +75,9 @@ def build_datamodule(overrides: list[str]):
 
 def time_loader(dm, workers: int, batches: int, warmup: int) -> dict:
     dm.loader.update(num_workers=workers, persistent_workers=workers > 0)
+    repeats = getattr(dm, "augment", {}).get("num_repeats", 1)
+    if repeats > 1:  # repeated augmentation runs on at least as many devices: one device's loader of that many
+        dm.trainer = SimpleNamespace(world_size=repeats, global_rank=0)
     loader = dm.train_dataloader()
     if len(loader) == 0:
         raise SystemExit(f"the training loader has no full batch of {dm.batch_size}: lower data.loader.batch_size")

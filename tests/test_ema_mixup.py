@@ -122,3 +122,61 @@ def test_channels_last_conv_stem_gives_the_same_outputs(tmp_path):
     assert xb.is_contiguous(memory_format=torch.channels_last)
     assert module.model.patch_embed.proj[0].weight.is_contiguous(memory_format=torch.channels_last)
     assert torch.allclose(module(xb), before, atol=1e-5)
+
+
+class ForeignGenerator:
+    """Stands for the generator timm's ModelEmaV3 made on the device the model had when the EMA was built (the CPU)
+    once the weights live elsewhere (a GPU): seen from the weights, a generator of another device."""
+    device = torch.device("cuda", 0)
+
+
+def test_ema_in_bf16_true_built_before_the_model_moves(tmp_path):
+    """trainer.precision=bf16-true with an EMA: the bf16 EMA rounds stochastically with its own generator, which must
+    live where the weights do after Lightning moved and cast the module (it crashed on the first update on a GPU)."""
+    datamodule, module, trainer = build_tiny(["ema=deit", "trainer.precision=bf16-true", "trainer.limit_train_batches=3"],
+                                             tmp_path)
+    module.ema._sr_generator = ForeignGenerator()  # the EMA was built before the weights moved
+    first = Snapshots()
+    trainer.callbacks.append(first)
+    trainer.fit(module, datamodule=datamodule)
+    weights = list(module.ema.module.parameters())
+    assert weights[0].dtype == torch.bfloat16
+    generator = module.ema._sr_generator
+    assert isinstance(generator, torch.Generator) and generator.device == weights[0].device
+    # the updates after the first (a copy) lerped with decay 0.99996: the EMA moved off the first step's weights
+    ema, (w1, _, w3) = module.ema.module.state_dict(), first.states
+    key = "blocks.0.attn.qkv.weight"
+    assert ema[key].dtype == torch.bfloat16 and not torch.equal(w1[key], w3[key])
+    assert not torch.equal(generator.get_state(), torch.Generator().manual_seed(0).get_state())  # it drew
+
+
+def test_channels_last_is_set_before_the_strategy_wraps_the_model(tmp_path, monkeypatch):
+    """DDP builds its gradient buckets from the strides the parameters have when the strategy wraps the model: the
+    conv stem must be channels-last by then (else a stride-mismatch warning and a copy per bucket every step)."""
+    datamodule, module, trainer = build_tiny(["model=vit_c_32", "ema=deit"], tmp_path)
+    monkeypatch.setattr(type(module), "wants_channels_last", lambda self, device: True, raising=False)  # a GPU
+    seen = []
+    setup = type(trainer.strategy).setup
+
+    def record(strategy, trainer_):
+        seen.append(module.model.patch_embed.proj[0].weight.is_contiguous(memory_format=torch.channels_last))
+        setup(strategy, trainer_)
+
+    monkeypatch.setattr(type(trainer.strategy), "setup", record)
+    trainer.fit(module, datamodule=datamodule)
+    assert seen == [True] and module.channels_last
+    assert module.ema.module.patch_embed.proj[0].weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_full_fp32_on_a_gpu_is_said_once(caplog, monkeypatch):
+    """The precision default falls back to 32-true without an NVIDIA device file; on a GPU that is said, once."""
+    from vitstem import module as vm
+
+    monkeypatch.setattr(vm, "_WARNED", set())
+    with caplog.at_level("WARNING", logger="vitstem"):
+        assert vm.warn_full_fp32("32-true", "highest", "NVIDIA H100")
+        assert not vm.warn_full_fp32("32-true", "highest", "NVIDIA H100")  # once
+    assert sum("full fp32 on NVIDIA H100" in r.message for r in caplog.records) == 1
+    monkeypatch.setattr(vm, "_WARNED", set())
+    assert not vm.warn_full_fp32("bf16-mixed", "highest", "NVIDIA H100")
+    assert not vm.warn_full_fp32("32-true", "high", "NVIDIA H100")  # TF32 asked for

@@ -21,7 +21,7 @@ SHRINK = ["data=synthetic", "model.depth=1", "model.embed_dim=32", "model.num_he
           "data.loader.batch_size=8", "scheduler.warmup=0", "~callbacks.progress_bar",
           "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1", "trainer.accelerator=cpu",
           "trainer.devices=1", "trainer.strategy=auto", "trainer.precision=32-true",
-          "callbacks.precise_bn.num_images=16"]
+          "callbacks.precise_bn.num_images=16", "trainer.accumulate_grad_batches=1"]
 
 def composed(name, *overrides):
     return compose_config([f"experiment={name}", *overrides])

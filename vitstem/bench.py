@@ -3,6 +3,12 @@
     vitstem-bench                                        # the default run's model and batch, on this machine
     vitstem-bench model=vit_s16 data.loader.batch_size=256 trainer=gpu --attention softmax relu --compile off on
     vitstem-bench --startup                              # seconds to answer --help, --cfg job and a config error
+    vitstem-bench experiment=wortsman_s8_relu --memory 80  # estimated peak GB per GPU, the batch that fits 80 GB
+
+``--memory GB`` estimates, without running anything (also on a CPU), the peak memory of one GPU at the run's batch
+and precision (:mod:`vitstem.models.memory`) and the largest batch that fits ``GB``, with the per-device batch and
+``trainer.accumulate_grad_batches`` that keep the global batch. On a GPU the timed rows carry that estimate beside
+the measured peak.
 
 Both sides train the model ``vitstem-train <overrides>`` would build, on one batch held in device memory
 (no loader, no augmentation), with the same optimizer and parameter groups, lr schedule, loss, precision,
@@ -167,6 +173,40 @@ def cost(cfg) -> tuple[int, float | None]:
     return flops, peak_flops(device, compute_dtype(cfg.trainer.precision))
 
 
+def memory_estimate(cfg, devices: int | None = None):
+    """The estimated peak of one device for ``cfg`` (eager, at its batch and precision; DDP buckets if several)."""
+    from omegaconf import OmegaConf
+    from vitstem.models import memory
+    from vitstem.module import create_model
+
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    devices = devices if devices is not None else (cfg.trainer.devices if isinstance(cfg.trainer.devices, int) else 1)
+    return memory.estimate(lambda: create_model(model_cfg, cfg.data.num_classes, cfg.model.img_size),
+                           cfg.data.loader.batch_size, cfg.model.img_size, str(cfg.trainer.precision),
+                           memory.optimizer_states(OmegaConf.to_container(cfg.optimizer, resolve=True)),
+                           ema=bool(cfg.ema), ddp=devices != 1)
+
+
+def memory_report(overrides: list[str], gb: float) -> dict:
+    """``--memory GB``: the estimate at the run's settings (bf16-mixed when the precision follows a CPU), the largest
+    batch that fits ``gb`` and the batch / accumulation that keep the global batch."""
+    from vitstem.models import memory
+
+    cfg = compose(overrides)
+    validate(cfg)
+    if str(cfg.trainer.precision) == "32-true" and not any(o.startswith("trainer.precision=") for o in overrides):
+        from omegaconf import open_dict
+        with open_dict(cfg):
+            cfg.trainer.precision = "bf16-mixed"  # what a GPU run would get by default
+    est = memory_estimate(cfg)
+    total = int(gb * memory.GB)
+    fit = memory.fit_batch(est, cfg.trainer.accumulate_grad_batches, total)
+    return dict(model=cfg.model.name, precision=str(cfg.trainer.precision), memory_gb=gb, **est.summary(),
+                accumulate_grad_batches=cfg.trainer.accumulate_grad_batches,
+                largest_batch=memory.largest_batch(est, total),
+                fits=dict(zip(("batch_size", "accumulate_grad_batches"), fit)) if fit else None)
+
+
 def environment() -> dict:
     import lightning
     import timm
@@ -193,6 +233,7 @@ def bench(overrides: list[str], attentions: list[str], compiles: list[str], step
                         times[side].append(statistics.median(timer(compose([*overrides, *extra]), steps, warmup)))
                     peak[side] = mem.get("gb")
             v, p = statistics.median(times["vitstem"]), statistics.median(times["plain"])
+            estimate = memory_estimate(cfg, devices=1).summary()["estimate_gb"] if peak["vitstem"] is not None else None
             batch = cfg.data.loader.batch_size
             rows.append(dict(model=cfg.model.name, attention=cfg.model.attention.activation, compile=comp == "on",
                              batch=batch, img_size=cfg.model.img_size, precision=str(cfg.trainer.precision),
@@ -201,6 +242,7 @@ def bench(overrides: list[str], attentions: list[str], compiles: list[str], step
                              plain_images_per_s=round(batch / p, 1), train_tflop_per_image=flops / 1e12,
                              vitstem_mfu=round(flops * batch / v / peak_device, 4) if peak_device else None,
                              vitstem_peak_memory_gb=peak["vitstem"], plain_peak_memory_gb=peak["plain"],
+                             estimated_peak_memory_gb=estimate,
                              rounds={k: [round(1e3 * t, 3) for t in ts] for k, ts in times.items()}))
             print(f"{rows[-1]['model']} {rows[-1]['attention']} compile={comp}: vitstem {rows[-1]['vitstem_step_ms']} ms, "
                   f"plain {rows[-1]['plain_step_ms']} ms, ratio {rows[-1]['ratio']}", flush=True)
@@ -226,11 +268,12 @@ def startup(repeats: int = 3) -> dict:
 
 def markdown(rows: list[dict]) -> str:
     lines = ["| model | attention | compile | batch | precision | vitstem ms/step | plain ms/step | ratio | vitstem images/s "
-             "| MFU | peak GB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| MFU | peak GB | estimated GB |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['attention']} | {r['compile']} | {r['batch']} | {r['precision']} | "
               f"{r['vitstem_step_ms']} | {r['plain_step_ms']} | {r['ratio']} | {r['vitstem_images_per_s']} | "
               f"{r['vitstem_mfu'] if r['vitstem_mfu'] is not None else '-'} | "
-              f"{r['vitstem_peak_memory_gb'] if r['vitstem_peak_memory_gb'] is not None else '-'} |" for r in rows]
+              f"{r['vitstem_peak_memory_gb'] if r['vitstem_peak_memory_gb'] is not None else '-'} | "
+              f"{r['estimated_peak_memory_gb'] if r['estimated_peak_memory_gb'] is not None else '-'} |" for r in rows]
     return "\n".join(lines)
 
 
@@ -246,6 +289,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     parser.add_argument("--rounds", type=int, default=3, help="alternations of vitstem and plain")
     parser.add_argument("--startup", action="store_true", help="time vitstem-train's start-up only")
+    parser.add_argument("--memory", type=float, metavar="GB", help="estimate the peak memory per GPU (runs nothing) "
+                        "and the largest batch that fits GB")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON file to write")
     args = parser.parse_args(argv)
     try:
@@ -258,6 +303,15 @@ def run(args) -> None:
     if args.startup:
         result = dict(startup_s=startup(), **environment())
         print(json.dumps(result["startup_s"], indent=1))
+    elif args.memory is not None:
+        result = dict(overrides=args.overrides, memory=memory_report(args.overrides, args.memory), **environment())
+        m = result["memory"]
+        fits = m["fits"]
+        print(f"{m['model']} {m['precision']} batch {m['batch']} x {m['accumulate_grad_batches']} accumulated: estimated "
+              f"peak {m['estimate_gb']} GB per GPU (states {m['states_gb']}, activations {m['activations_gb']}, of them "
+              f"attention maps {m['attention_maps_gb']}); largest batch in {m['memory_gb']} GB: {m['largest_batch']}; "
+              + (f"use data.loader.batch_size={fits['batch_size']} trainer.accumulate_grad_batches="
+                 f"{fits['accumulate_grad_batches']}" if fits else "not even one image fits"))
     else:
         rows = bench(args.overrides, args.attention, args.compile, args.steps, args.warmup, args.rounds)
         result = dict(overrides=args.overrides, steps=args.steps, warmup=args.warmup, rounds=args.rounds,

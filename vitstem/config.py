@@ -118,11 +118,12 @@ class Trainer(TypedDict):
 @with_config(Open)
 class Loader(TypedDict):
     batch_size: Count
-    num_workers: Index
-    pin_memory: bool
+    num_workers: Index | Literal["auto"]  # auto: from the job's CPUs on a GPU, 0 on a CPU (vitstem.data.transfer)
+    pin_memory: bool | Literal["auto"]
     persistent_workers: bool
     prefetch_factor: Count | None
     seed: Index
+    normalize_on_device: NotRequired[bool | Literal["auto"]]
 
 
 @with_config(Open)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import hydra
@@ -15,8 +16,10 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from vitstem.config import ConfigError
+from vitstem.data.transfer import rank_cpus
 import vitstem.models  # noqa: F401  (registers the model zoo)
 from vitstem.loss import init_head_bias
+from vitstem.models import memory
 from vitstem.optim import build_optimizer, build_scheduler, fit_warmup, param_groups, warmup_steps
 
 log = logging.getLogger("vitstem")
@@ -38,6 +41,39 @@ def ema_decay(ema: dict, total_steps: int) -> float:
     if ema["decay"] is not None:
         return float(ema["decay"])
     return max(0.0, 1.0 - 1.0 / (ema["horizon"] * total_steps))
+
+
+_WARNED: set[str] = set()
+
+
+def warn_full_fp32(precision: str, matmul_precision: str, device: str) -> bool:
+    """Say once per process when a GPU run computes in full fp32 (``32-true`` at ``matmul_precision=highest``): the
+    precision default is ``32-true`` where the config saw no NVIDIA device file (a container without /dev/nvidia*),
+    silently several times slower than bf16. Returns whether it warned."""
+    if precision not in ("32-true", "32") or matmul_precision != "highest" or "fp32" in _WARNED:
+        return False
+    _WARNED.add("fp32")
+    log.warning("this run trains in full fp32 on %s (trainer.precision=%s, matmul_precision=highest; the default is "
+                "32-true where no /dev/nvidia* device file is seen): set trainer.precision=bf16-mixed, or "
+                "matmul_precision=high for TF32", device, precision)
+    return True
+
+
+class EMA(ModelEmaV3):
+    """timm's ``ModelEmaV3`` whose stochastic-rounding generator follows the copy's device.
+
+    timm makes that generator (bf16 weights are rounded stochastically) on the device the model has when the EMA is
+    built, the CPU here; Lightning then moves the module to the GPU (and ``trainer.precision=bf16-true`` makes the
+    weights bf16), and the first update drew on CUDA with a CPU generator and crashed. Each move (``.to``,
+    ``.cuda``, ``.bfloat16``) makes a new generator on the copy's device, seeded as timm seeds it.
+    """
+
+    def _apply(self, fn, *args, **kwargs):
+        out = super()._apply(fn, *args, **kwargs)
+        device = next(self.module.parameters()).device
+        if getattr(self._sr_generator, "device", None) != device:
+            self._sr_generator = torch.Generator(device=device).manual_seed(self.stochastic_rounding_seed)
+        return out
 
 
 class Classifier(L.LightningModule):
@@ -74,7 +110,7 @@ class Classifier(L.LightningModule):
         if ema:
             # Only validation_step calls the EMA, and Lightning runs validation in eval mode; the copy's mode
             # otherwise follows the module's (ModelEmaV3 sets eval, which Lightning would warn about).
-            self.ema = ModelEmaV3(self.model, exclude_buffers=ema["exclude_buffers"]).requires_grad_(False).train()
+            self.ema = EMA(self.model, exclude_buffers=ema["exclude_buffers"]).requires_grad_(False).train()
         prefixes = ("val", "val_ema") if self.ema else ("val",)
         self.acc1 = nn.ModuleDict({p: MulticlassAccuracy(num_classes, top_k=1, average="micro") for p in prefixes})
         self.acc5 = nn.ModuleDict({p: MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro")
@@ -82,24 +118,69 @@ class Classifier(L.LightningModule):
         self.best_val_acc1: float | None = None
         self.best_val_ema_acc1: float | None = None
         self.diverged_at_step: int | None = None
-        self.channels_last = False  # set at fit start: a conv stem on a GPU
+        self.channels_last = False  # set in configure_model: a conv stem on a GPU
         self.param_rows: list[param_groups.ParamRow] = []
 
+    def setup(self, stage: str) -> None:
+        """Every rank: its torch threads capped at the CPUs it has (:func:`vitstem.data.transfer.rank_cpus`; not when
+        ``OMP_NUM_THREADS`` is set); on a GPU, the memory check (:meth:`check_memory`)."""
+        if "OMP_NUM_THREADS" not in os.environ:
+            torch.set_num_threads(rank_cpus(self.trainer.num_devices))
+        if stage == "fit" and self.trainer.strategy.root_device.type == "cuda":
+            device = self.trainer.strategy.root_device
+            warn_full_fp32(str(self.trainer.precision), torch.get_float32_matmul_precision(), torch.cuda.get_device_name(device))
+            if hasattr(self.trainer.datamodule, "batch_size"):  # a vitstem data module: the batch is known
+                self.check_memory(torch.cuda.get_device_properties(device).total_memory, torch.cuda.get_device_name(device))
+
+    def memory_estimate(self) -> memory.MemoryEstimate:
+        """The estimated peak memory of one device in a training step at this run's settings (eager)."""
+        trainer, hp = self.trainer, self.hparams
+        return memory.estimate(lambda: create_model(hp.model, hp.num_classes, hp.img_size), trainer.datamodule.batch_size,
+                               hp.img_size, str(trainer.precision), memory.optimizer_states(hp.optimizer),
+                               ema=self.ema is not None, ddp=trainer.world_size > 1)
+
+    def check_memory(self, total: int, device: str = "the device") -> memory.MemoryEstimate:
+        """Before training: the estimate (:mod:`vitstem.models.memory`) against ``total`` bytes of device memory. A
+        batch estimated not to fit is refused (with ``compile=true``, which keeps less, only warned about) with the
+        per-device batch and accumulation that keep the global batch and fit; one that fits only tightly is warned about."""
+        est = self.memory_estimate()
+        accumulate = self.trainer.accumulate_grad_batches
+        batch_key = f"data.loader.batch_size={est.batch}"
+        if est.total <= total * (1 - memory.RESERVE):
+            log.info("memory: estimated peak %.1f GB of %.1f GB on %s at %s", est.total / memory.GB, total / memory.GB,
+                     device, batch_key)
+            return est
+        fit = memory.fit_batch(est, accumulate, total)
+        advice = (f"use data.loader.batch_size={fit[0]} trainer.accumulate_grad_batches={fit[1]} (the same global batch)"
+                  if fit else "not even one image fits: use a smaller model or image size")
+        message = (f"{batch_key} needs about {est.total / memory.GB:.1f} GB per device (activations "
+                   f"{est.activations / memory.GB:.1f} GB, of which point-wise attention maps "
+                   f"{est.attention_maps_per_image * est.batch / memory.GB:.1f} GB), {device} has {total / memory.GB:.1f} GB: "
+                   f"{advice}; the largest batch that fits is about {memory.largest_batch(est, total)}")
+        if est.total > total and not self.hparams.compile:
+            raise ConfigError(message)
+        log.warning("memory: %s", message)
+        return est
+
     def configure_model(self) -> None:
+        """Before the strategy moves the module and wraps it in DDP (whose gradient buckets then see the final strides):
+        channels-last for a conv stem on a GPU, and ``torch.compile``."""
+        trainer = self._trainer
+        if trainer is not None and self.wants_channels_last(trainer.strategy.root_device):
+            self.channels_last = True
+            for net in (self.model, self.ema.module if self.ema else None):
+                if net is not None:
+                    net.patch_embed.to(memory_format=torch.channels_last)
         if self.hparams.compile and self.model._compiled_call_impl is None:
             for m in (self.model, self.ema.module if self.ema else None):
                 if m is not None:
                     m.compile()
 
-    def on_fit_start(self) -> None:
+    def wants_channels_last(self, device: torch.device) -> bool:
         """On a GPU, a conv stem (more than one conv) runs channels-last: cuDNN's fast layout for 3x3 convs with
         BatchNorm. The stem's weights and the input batch change layout; parameter names and values do not."""
         convs = [m for m in self.model.patch_embed.modules() if isinstance(m, nn.Conv2d)]
-        self.channels_last = self.device.type == "cuda" and len(convs) > 1
-        if self.channels_last:
-            for net in (self.model, self.ema.module if self.ema else None):
-                if net is not None:
-                    net.patch_embed.to(memory_format=torch.channels_last)
+        return device.type == "cuda" and len(convs) > 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)

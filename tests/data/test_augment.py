@@ -60,16 +60,22 @@ def test_deit_repeated_augmentation_builds_its_own_sampler_and_trains(cifar_root
     assert trainer._accelerator_connector.use_distributed_sampler is False
     assert any(isinstance(t, RandomErasing) and t.probability == 0.25 for t in dm.train_transform.transforms)
     dm.setup("fit")
-    sampler = dm.train_dataloader().sampler
-    assert isinstance(sampler.base, RepeatAugSampler) and len(sampler) == 20
-    order = list(sampler)
-    assert order[0] == order[1] == order[2] and order[3] == order[4] == order[5]  # each image 3 times in a row
-    results = train(cifar(cifar_root[0], "data/augment=deit"), tmp_path / "run")
+    orders = []
+    for rank in range(3):  # 3 devices for 3 repeats: each device sees one copy of every image, at the same place
+        dm.trainer = SimpleNamespace(world_size=3, global_rank=rank)
+        sampler = dm.train_dataloader().sampler
+        assert isinstance(sampler.base, RepeatAugSampler) and len(sampler) == 7
+        orders.append(list(sampler))
+    assert orders[0] == orders[1] == orders[2] and len(set(orders[0])) == 7
+    dm.trainer = SimpleNamespace(world_size=1, global_rank=0)  # fewer devices than repeats: copies in one batch
+    with pytest.raises(ConfigError, match=r"^data.augment.num_repeats=3 needs at least 3 devices .*num_repeats=1"):
+        dm.train_dataloader()
+    results = train(cifar(cifar_root[0], "data/augment=deit", "data.augment.num_repeats=1"), tmp_path / "run")
     assert results["status"] == "finished" and results["steps"] == 2
 
 
 def test_under_ddp_the_data_module_shards_train_and_val_itself(cifar_root, datamodule):
-    dm = datamodule(cifar(cifar_root[0], "data/augment=deit"))
+    dm = datamodule(cifar(cifar_root[0], "data/augment=deit", "data.augment.num_repeats=2"))
     dm.setup("fit")
     dm.trainer = SimpleNamespace(world_size=2, global_rank=1)
     train_sampler, val_sampler = dm.train_dataloader().sampler, dm.val_dataloader().sampler

@@ -15,7 +15,8 @@ One node, ``data.augment``, holds every augmentation switch (``conf/data/augment
 - ``num_repeats``: repeated augmentation (Hoffer et al., 2020; Berman et al., 2019; the DeiT recipe):
   with ``num_repeats > 1`` the training loader samples with timm's
   :class:`~timm.data.distributed_sampler.RepeatAugSampler`, which shards over devices itself
-  (:meth:`AugmentedDataModule.base_train_sampler`; made resumable like every training sampler).
+  (:meth:`AugmentedDataModule.base_train_sampler`; made resumable like every training sampler). It sends the copies
+  of an image to different devices; with fewer devices than repeats they would share a batch, which is refused.
 
 The training transform is timm's (``timm.data.create_transform``); the data modules add their crop and the
 normalisation (``data.mean`` / ``data.std``).
@@ -63,6 +64,11 @@ class Lighting:
         self.std = std
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        """One image (3, H, W), or a batch (B, 3, H, W) with an ``alpha`` per image (on the batch's device)."""
+        if img.dim() == 4:
+            alpha = torch.randn(img.shape[0], 3, device=img.device) * self.std
+            shift = (alpha * self.EIGVAL.to(img.device)) @ self.EIGVEC.to(img.device).T
+            return img + shift.to(img.dtype).view(-1, 3, 1, 1)
         alpha = torch.randn(3) * self.std
         return img + (self.EIGVEC @ (alpha * self.EIGVAL)).to(img.dtype).view(3, 1, 1)
 
@@ -106,7 +112,12 @@ class AugmentedDataModule(ImageDataModule):
 
     def base_train_sampler(self, dataset: Dataset, world: int, rank: int) -> Sampler | None:
         """timm's ``RepeatAugSampler`` with ``num_repeats > 1`` (it shards over ranks itself)."""
-        if self.augment["num_repeats"] <= 1:
+        repeats = self.augment["num_repeats"]
+        if repeats <= 1:
             return None
+        if world < repeats:  # timm shards the copies over the devices: with fewer, one device gets them in a row
+            raise ConfigError(f"data.augment.num_repeats={repeats} needs at least {repeats} devices (it has {world}): "
+                              f"with fewer, copies of an image share a batch; train on {repeats} or more devices or "
+                              "set data.augment.num_repeats=1")
         return RepeatAugSampler(dataset, num_replicas=world, rank=rank, shuffle=True,
                                 num_repeats=self.augment["num_repeats"])

@@ -412,8 +412,8 @@ class ShardDataModule(AugmentedDataModule):
         """``num_images`` training images: the first of a stream shuffled for ``seed`` (buffer included), split over
         the ranks, transformed as in training."""
         stream = self._stream(self.trained_set, train=True, shuffle=True, buffer=self.shuffle_buffer, seed=seed,
-                              limit=num_images)
-        return DataLoader(stream, **self._loader_args(persistent=False))
+                              limit=num_images - num_images % self._world()[0])  # as many per rank (sync_batchnorm)
+        return DataLoader(stream, collate_fn=self.cpu_collate(), **self._loader_args(persistent=False))
 
     @property
     def skipped(self) -> int:

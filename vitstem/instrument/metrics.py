@@ -279,6 +279,16 @@ PEAK_FLOPS: dict[str, dict] = {
 }
 
 
+def loss_scale(trainer, optimizer) -> torch.Tensor | None:
+    """The gradient scaler's scale (a device tensor: no sync) when the gradients seen before ``optimizer`` steps are
+    still multiplied by it: ``16-mixed`` with an optimizer that unscales inside its step (a fused one), which Lightning
+    leaves scaled; None when they are the true gradients."""
+    scaler = getattr(trainer.precision_plugin, "scaler", None)
+    if scaler is None or not getattr(optimizer, "_step_supports_amp_scaling", False):
+        return None
+    return scaler._get_scale_async()
+
+
 def compute_dtype(precision: str) -> torch.dtype:
     """The matmul dtype of a Lightning precision setting (``32-true``, ``bf16-mixed``, ``16-mixed``, ``64-true``)."""
     p = str(precision)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from vitstem.instrument.metrics import (HEAD, STEM, SpikeDetector, block_layout, block_name, block_norms,
-                                      first_nonfinite, spike_events, total_norm)
+                                      first_nonfinite, loss_scale, spike_events, total_norm)
 
 log = logging.getLogger("vitstem")
 
@@ -125,6 +125,8 @@ class StabilityMonitor(L.Callback):
             self._grad_index[present] = self._index[torch.tensor(present, device=self._index.device)]
         nb = len(self.blocks)
         self._grad = block_norms(grads, self._grad_index[present], nb) if grads else self._grad.zero_()
+        if (scale := loss_scale(trainer, optimizer)) is not None:  # fp16 gradients still loss-scaled: the true norms
+            self._grad = self._grad / scale
         self._pending = trainer.global_step
         if (trainer.global_step + 1) % self.every_n_steps == 0:  # a logged step: the update's norm too
             self._snapshot = [p.detach().clone() for p in self._params]

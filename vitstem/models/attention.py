@@ -13,6 +13,12 @@ attends to: the patch tokens *and* the class token (and any register tokens), i.
 qk-LayerNorm (LayerNorm over the head dimension of q and k) is timm's ``qk_norm``; the gate is timm's
 ``gated`` option: a projection of the block input, through a sigmoid, multiplied into the attention
 output before the output projection. Both kinds script with ``torch.jit.script`` (``h`` is a module).
+
+Memory: point-wise attention materialises its weights, B x H x N^2 values per block, and autograd keeps them
+for the backward pass (fused softmax attention keeps none). For ``h`` = relu or identity, which commute with a
+positive factor (``h(c x) = c h(x)``), ``L**-alpha`` is folded into q, so one N^2 tensor per block is kept (the
+weights, which both h's backward and the weights.v matmul read) instead of two; other ``h`` keep two
+(:data:`KEPT_MAPS`; :mod:`vitstem.models.memory` counts them).
 """
 from __future__ import annotations
 
@@ -42,6 +48,12 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 }
 
 
+# h with h(c x) = c h(x) for c > 0: the length factor goes into q (one N^2 tensor kept per block, not two).
+HOMOGENEOUS = ("relu", "identity")
+# N^2 tensors per block that autograd keeps (softmax: none, fused kernel).
+KEPT_MAPS = {"softmax": 0, **{a: 1 if a in HOMOGENEOUS else 2 for a in ACTIVATIONS}}
+
+
 class ViTAttention(Attention):
     """timm's ``Attention`` with a choice of ``activation`` (``softmax`` or point-wise) and ``alpha``.
 
@@ -68,6 +80,7 @@ class PointwiseAttention(ViTAttention):
     def __init__(self, dim: int, num_heads: int = 8, *, activation: str = "relu", **kwargs):
         super().__init__(dim, num_heads, activation=activation, **kwargs)
         self.act = ACTIVATIONS[activation]()
+        self.fold = activation in HOMOGENEOUS
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
         if attn_mask is not None or is_causal:
@@ -76,7 +89,11 @@ class PointwiseAttention(ViTAttention):
         gate = self.gate(x).sigmoid() if self.gate is not None else None
         q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
-        weights = self.act((q * self.scale) @ k.transpose(-2, -1)) * float(N) ** -self.alpha
+        length = float(N) ** -self.alpha
+        if self.fold:  # h(c x) = c h(x): autograd keeps one N^2 tensor, not h's output and its scaled copy
+            weights = self.act((q * (self.scale * length)) @ k.transpose(-2, -1))
+        else:
+            weights = self.act((q * self.scale) @ k.transpose(-2, -1)) * length
         x = (self.attn_drop(weights) @ v).transpose(1, 2).reshape(B, N, self.attn_dim)
         x = self.norm(x)
         if gate is not None:

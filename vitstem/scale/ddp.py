@@ -101,9 +101,27 @@ def join_ranks(trainer) -> None:
         launcher.join()
 
 
+def fresh_process_state() -> None:
+    """What a previous job of this process left behind, cleared: torch.compile's caches (dynamo keeps the graphs of
+    every model it saw, keyed on the same code: from the ninth job on it hit its recompile limit and ran the model
+    uncompiled) and the memory of objects only a reference cycle kept (``gc``), handed back to the GPU."""
+    if "torch" not in sys.modules:  # nothing can be cached by a torch that was never imported
+        return
+    import gc
+
+    import torch
+
+    torch._dynamo.reset()
+    gc.collect()
+    if torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
 @contextlib.contextmanager
 def job_environment() -> Iterator[None]:
-    """Run one job: afterwards the rank variables are as before and no process group is left."""
+    """Run one job: before it, a fresh process state (:func:`fresh_process_state`); afterwards the rank variables are
+    as before and no process group is left."""
+    fresh_process_state()
     saved = {k: os.environ.get(k) for k in RANK_ENV}
     try:
         yield

@@ -2,10 +2,39 @@
 from __future__ import annotations
 
 import os
+import tempfile
+from pathlib import Path
 
 from lightning.fabric.plugins.environments import ClusterEnvironment
 
 from vitstem.scale.slurm import executor
+
+
+_HELD: list = []  # the GPU locks this process holds, for its life
+
+
+def claim_gpus(visible: str | None, rank: int):
+    """Refuse to share GPUs with another job on this machine: submitit's local executor starts every job of a batch at
+    once and gives each the same ``CUDA_VISIBLE_DEVICES=0..n-1``, so concurrent jobs would pile onto the same GPUs.
+    Rank 0 of a job holds a lock on its GPUs while it lives; a second job's rank 0 gets a one-line error (the sweep
+    records the job as failed). Run GPU multiruns locally one job at a time: ``hydra.sweeper.max_batch_size=1``."""
+    if not visible or visible == "-1" or rank != 0:
+        return None
+    import fcntl
+
+    from vitstem.config import ConfigError
+
+    path = Path(tempfile.gettempdir()) / f"vitstem-local-gpus-{os.getuid()}-{visible.replace(',', '_')}.lock"
+    lock = open(path, "w")  # noqa: SIM115 (held open: the lock lasts as long as the process)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise ConfigError(f"hydra/launcher=local: another job on this machine is using GPUs {visible} (submitit's local "
+                          "executor gives every job of a batch the same GPUs); run one GPU job at a time with "
+                          "hydra.sweeper.max_batch_size=1, or use hydra/launcher=slurm") from None
+    _HELD.append(lock)
+    return lock
 
 
 class SubmititLocalEnvironment(ClusterEnvironment):
@@ -16,6 +45,7 @@ class SubmititLocalEnvironment(ClusterEnvironment):
         import torch
 
         self.job = submitit.JobEnvironment()
+        claim_gpus(os.environ.get("CUDA_VISIBLE_DEVICES"), self.job.global_rank)
         if "OMP_NUM_THREADS" not in os.environ:  # share the cores, as Lightning does for processes it starts
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.job.num_tasks))
 
