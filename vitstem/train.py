@@ -144,8 +144,9 @@ def run(cfg: DictConfig) -> dict:
             status, error = "interrupted", "KeyboardInterrupt"
             raise
         except BaseException as e:
-            if _sigterm(e):
-                status, error = "interrupted", "stopped by SIGTERM"
+            stopped = _checkpointer(trainer).interrupted if _checkpointer(trainer) else None
+            if _sigterm(e) or stopped:  # e.g. Ctrl-C twice (Lightning turns it into SystemExit)
+                status, error = "interrupted", f"stopped by {stopped or 'SIGTERM'}"
             else:
                 error = ddp.launcher_failure(trainer) or f"{type(e).__name__}: {e}"
                 if not isinstance(e, ConfigError) and (trainer is None or trainer.is_global_zero):
