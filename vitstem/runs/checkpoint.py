@@ -141,6 +141,7 @@ class RunCheckpoint(L.Callback):
         self._pending = False                     # a save due at a step where none may be taken: at the next one
         self._validated = False                   # a validation ran inside the current step's loop iteration
         self._writer: threading.Thread | None = None
+        self._loaded = self._restored = False     # a checkpoint's state was loaded / its logs restored
         self._write_error: BaseException | None = None
 
     @property
@@ -318,14 +319,33 @@ class RunCheckpoint(L.Callback):
         self._rng = _numpy_rng(state_dict["rng"]) if "rng" in state_dict else None
         self._metrics = dict(state_dict.get("metrics", {}))
         self._rows = state_dict.get("metrics_csv_rows")
+        self._loaded, self._restored = True, False
 
     # resuming ----------------------------------------------------------------------------------------
+    def _restore_logs(self, trainer) -> None:
+        """metrics.csv cut to the rows the checkpoint held; the last logged values set again (what a run resumed
+        from the checkpoint after its last step reports: Lightning then skips training, on_train_start included)."""
+        from vitstem.loggers import CSVLogger
+
+        if trainer.ckpt_path is None or self._restored:
+            return
+        self._restored = True
+        if self._rows is not None:
+            for logger in trainer.loggers:
+                if isinstance(logger, CSVLogger):
+                    logger.keep_rows(self._rows)
+        metrics = trainer._logger_connector._callback_metrics
+        for key, value in self._metrics.items():
+            metrics.setdefault(key, torch.tensor(value))
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if self._loaded:  # the checkpoint's callback states are restored before this hook (DDP, one device)
+            self._restore_logs(trainer)
+
     def on_train_start(self, trainer, pl_module) -> None:
         self._saved_at, self._last_step, self._pending = time.monotonic(), trainer.global_step, False
         if trainer.ckpt_path is None:
             return
-        from vitstem.loggers import CSVLogger
-
         loop = trainer.fit_loop
         done = loop.epoch_loop.batch_progress.current.processed if loop.restarted_mid_epoch else 0
         if done >= trainer.num_training_batches:  # an older checkpoint from an epoch's last step: the next epoch
@@ -342,12 +362,6 @@ class RunCheckpoint(L.Callback):
                         done, trainer.current_epoch)
         if self._rng is not None:
             set_rng_states(self._rng)
-        if self._rows is not None:
-            for logger in trainer.loggers:
-                if isinstance(logger, CSVLogger):
-                    logger.keep_rows(self._rows)
-        metrics = trainer._logger_connector._callback_metrics  # the values a run resumed after its end reports
-        for key, value in self._metrics.items():
-            metrics.setdefault(key, torch.tensor(value))
+        self._restore_logs(trainer)
         log.info("resumed from %s at epoch %d, step %d (batch %d of the epoch)", trainer.ckpt_path,
                  trainer.current_epoch, trainer.global_step, done)
