@@ -39,7 +39,6 @@ class CountSyncs(L.Callback):
     def __init__(self):
         self.counts: dict[str, Counter] = {name: Counter() for _, name in self.NAMES}
         self._originals: dict = {}
-        self._shared: set[int] = set()  # tensors that went through a collective
         self._active = False
         self._trainer = None
 
@@ -50,10 +49,10 @@ class CountSyncs(L.Callback):
             self._originals[(owner_name, name)] = original
 
             def counted(*args, _original=original, _name=name, _collective=owner_name == "dist", **kwargs):
-                if self._active and (_collective or id(args[0]) in self._shared):
+                if self._active and (_collective or getattr(args[0], "_collective", False)):
                     self.counts[_name][self._trainer.global_step] += 1
                 if _collective and args and isinstance(args[0], torch.Tensor):
-                    self._shared.add(id(args[0]))  # its value read to the host later: a sync that waits for it
+                    args[0]._collective = True  # its value read to the host later: a sync that waits for it
                 return _original(*args, **kwargs)
             setattr(owner, name, counted)
 
