@@ -262,7 +262,14 @@ class RunCheckpoint(L.Callback):
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if isinstance(exception, KeyboardInterrupt) and not self.interrupted:
             self.interrupted = "KeyboardInterrupt (the last checkpoint is kept)"
-        self.wait()
+        try:
+            self.wait()
+        except OSError as e:  # the run's own error is the one to report
+            log.error("%s", e)
+        for signum, previous in self._previous.items():  # the handlers as before (SIGINT: Lightning ignores it
+            if not (signum == signal.SIGINT and isinstance(exception, KeyboardInterrupt)):  # while shutting down)
+                signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+        self._previous = {}
 
     # saving ------------------------------------------------------------------------------------------
     def save(self, trainer) -> None:
