@@ -128,7 +128,6 @@ class RunCheckpoint(L.Callback):
         self.signals = tuple(signals)
         self.sync_every = sync_every
         self.interrupted: str | None = None  # the signal that stopped the run
-        self.saves = 0                        # checkpoints written by this process (tests and benchmarks read it)
         # given (signum, the handler replaced), True to keep that handler for later (vitstem.scale.slurm)
         self.defer = None
         self._received: str | None = None
@@ -284,7 +283,6 @@ class RunCheckpoint(L.Callback):
         self._metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         self._saved_at = time.monotonic()
         self._pending = False
-        self.saves += 1
         tmp = self.dirpath / f".{LAST}.tmp"
         if type(trainer.strategy) not in (SingleDeviceStrategy, DDPStrategy):  # sharded states: Lightning's way
             trainer.save_checkpoint(tmp, weights_only=False)
