@@ -18,8 +18,8 @@ class StopAt(L.Callback):
 
     ``at``: ``"step:<s>"`` (training step s + 1, before its forward: ``global_step == s``), ``"val:<e>"`` (the
     first batch of epoch e's validation) or ``"end"`` (after training, before ``results.json``).
-    ``how``: a signal name sent to this process (``SIGTERM``, ``SIGINT``, ``SIGUSR1``), ``SIGINTx2`` (Ctrl-C
-    twice in a row) or ``kill``: the run folder is copied to ``copy_to`` as it is on disk at that moment (what a
+    ``how``: a signal name sent to this process (``SIGTERM``, ``SIGINT``, ``SIGUSR1``; ``SIGKILL`` once the
+    checkpoint being written is on disk), ``SIGINTx2`` (Ctrl-C twice in a row) or ``kill``: the run folder is copied to ``copy_to`` as it is on disk at that moment (what a
     SIGKILL leaves; a checkpoint being written is finished first) and the run ends with :class:`Killed`.
     """
 
@@ -31,12 +31,13 @@ class StopAt(L.Callback):
         if self.done:
             return
         self.done = True
-        if self.how == "kill":
+        if self.how in ("kill", "SIGKILL"):  # after the checkpoint being written is on disk ("after it appears")
             from vitstem.runs.checkpoint import RunCheckpoint
 
             for callback in trainer.callbacks:
                 if isinstance(callback, RunCheckpoint):
                     callback.wait()
+        if self.how == "kill":
             shutil.copytree(trainer.default_root_dir, self.copy_to)
             (Path(self.copy_to) / "results.json").unlink(missing_ok=True)
             raise Killed(self.at)

@@ -60,7 +60,7 @@ def test_two_deterministic_runs_are_identical(uninterrupted, tmp_path):
 @pytest.mark.parametrize("kill_step,every", [(7, 3), (8, 8)])  # mid-epoch 0; right after epoch 0's last step (the
 def test_a_run_killed_with_sigkill_resumes_exactly(uninterrupted, tmp_path, kill_step, every):  # known bug)
     expected, expected_dir = uninterrupted
-    kill = f"+callbacks.kill={{_target_: tests.helpers.SignalAt, step: {kill_step}, signal: SIGKILL}}"
+    kill = f"+callbacks.kill={{_target_: tests.runs.stops.StopAt, at: 'step:{kill_step}', how: SIGKILL}}"
     command = [*EXACT, f"callbacks.checkpoint.every_n_steps={every}", f"hydra.run.dir={tmp_path}"]
     killed = run_cli(*command, kill, cwd=tmp_path)
     assert killed.returncode == -9 and not (tmp_path / "results.json").exists()
