@@ -22,6 +22,7 @@ def saves(monkeypatch):
     return steps
 
 
+@pytest.mark.e2e
 def test_gradient_accumulation_saves_once_per_optimizer_step(tmp_path, saves):
     results = train(RUN + ["trainer.accumulate_grad_batches=2", "callbacks.checkpoint.every_n_steps=1",
                            "callbacks.checkpoint.every_n_minutes=null"], tmp_path)
@@ -36,6 +37,7 @@ class TenMinuteSteps(checkpoint.L.Callback):
         checkpoint.time.now = 600.0 * (trainer.global_step + 1)
 
 
+@pytest.mark.e2e
 def test_checkpoints_by_time_and_at_epoch_ends(tmp_path, saves, monkeypatch):
     clock = types.SimpleNamespace(now=0.0)
     clock.monotonic = lambda: clock.now
