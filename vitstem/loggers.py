@@ -29,10 +29,14 @@ class CSVLogger(_CSVLogger):
 
     Lightning deletes ``metrics.csv`` when its writer starts in a folder that has one; after a resume the
     rows logged before the checkpoint's step are written back first, and later rows (logged after the
-    checkpoint by the attempt that was killed, and about to be logged again) are dropped.
+    checkpoint by the attempt that was killed, and about to be logged again) are dropped. The checkpoint
+    callback flushes the file before each checkpoint (:meth:`flush`) and records its row count, and the
+    resumed run keeps exactly those rows (:meth:`keep_rows`): no row an interrupted attempt logged after its
+    checkpoint (an epoch-end row of the interrupted epoch) survives.
     """
 
     _kept: tuple[list[str], list[dict]] | None = None
+    rows = 0  # rows in metrics.csv after the last flush (counted on the rank that writes it)
 
     def resume_before(self, step: int) -> None:
         path = Path(self.log_dir) / "metrics.csv"
@@ -53,8 +57,37 @@ class CSVLogger(_CSVLogger):
                 out.writeheader()
                 out.writerows(rows)
             writer.metrics_keys = list(keys)
+            self.rows = len(rows)
             self._kept = None
         return writer
+
+    def save(self) -> None:
+        if isinstance(self._experiment, _ExperimentWriter):
+            self.rows += len(self._experiment.metrics)
+        super().save()
+
+    def flush(self) -> int:
+        """Write the rows logged so far to ``metrics.csv`` (a checkpoint is about to be taken); return how many
+        rows the file holds."""
+        self.save()
+        return self.rows
+
+    def keep_rows(self, n: int) -> None:
+        """Keep the first ``n`` rows of ``metrics.csv`` (the rows it held when the resumed checkpoint was taken;
+        later ones were logged by the stopped attempt and are logged again)."""
+        writer = self.experiment
+        if not isinstance(writer, _ExperimentWriter) or not os.path.isfile(writer.metrics_file_path):
+            return
+        self.save()
+        with open(writer.metrics_file_path, newline="") as f:
+            reader = csv.DictReader(f)
+            keys, rows = list(reader.fieldnames or []), list(reader)
+        if len(rows) > n:
+            with open(writer.metrics_file_path, "w", newline="") as f:
+                out = csv.DictWriter(f, fieldnames=keys)
+                out.writeheader()
+                out.writerows(rows[:n])
+        self.rows = min(n, len(rows))
 
 
 WANDB_PROBE_TIMEOUT = 5.0  # s: a server that has not answered the probe by then is given up

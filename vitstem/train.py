@@ -140,6 +140,8 @@ def _main(cfg: DictConfig) -> None:
         sys.exit(f"vitstem-train: {e}")
     except Interrupted as e:
         slurm.requeue_if_signalled()  # under submitit, after a time-limit / preemption signal: requeue (rank 0)
+        if ddp.is_child():  # a rank that stopped with the others: its own exit code, not a failure (scale.launcher)
+            sys.exit(ddp.INTERRUPTED_EXIT)
         sys.exit(f"vitstem-train: interrupted: {e}")
 
 

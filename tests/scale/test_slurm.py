@@ -129,8 +129,8 @@ class SignalAt(L.Callback):
 
 @pytest.mark.e2e
 def test_requeue_comes_after_the_checkpoint_of_the_stopped_step(tmp_path, monkeypatch):
-    """vitstem-train's order under submitit: signal after step 3's checkpoint hook, stop after step 4, last.ckpt,
-    results.json, then submitit's requeue."""
+    """vitstem-train's order under submitit: signal in step 3's on_train_batch_end, stop at the step boundary right
+    after it (step 3), last.ckpt, results.json, then submitit's requeue."""
     for k, v in {"SUBMITIT_EXECUTOR": "local", "SUBMITIT_LOCAL_JOB_ID": "4242"}.items():
         monkeypatch.setenv(k, v)
     monkeypatch.setattr(slurm, "_requeue", {})
@@ -150,8 +150,8 @@ def test_requeue_comes_after_the_checkpoint_of_the_stopped_step(tmp_path, monkey
     finally:
         signal.signal(signal.SIGUSR2, previous)
     results = json.loads((tmp_path / "results.json").read_text())
-    assert results["status"] == "interrupted" and results["steps"] == 4  # it stopped after the next step
-    assert seen == [(signal.SIGUSR2, 4, "interrupted")]
+    assert results["status"] == "interrupted" and results["steps"] == 3  # the boundary after the signal's step
+    assert seen == [(signal.SIGUSR2, 3, "interrupted")]
 
 
 def test_no_plugins_and_no_handler_outside_submitit(monkeypatch):

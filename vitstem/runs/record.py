@@ -90,10 +90,12 @@ class RunRecord:
 
     def __exit__(self, kind, e, tb) -> bool:
         swallow = False
+        run_checkpoint = checkpointer(self.trainer)
+        stopped = run_checkpoint.interrupted if run_checkpoint is not None else None
         if isinstance(e, KeyboardInterrupt):
             self.status, self.error = "interrupted", "KeyboardInterrupt"
-        elif e is not None and _sigterm(e):
-            self.status, self.error, swallow = "interrupted", "stopped by SIGTERM", True
+        elif e is not None and (_sigterm(e) or stopped):  # Ctrl-C twice: Lightning's SystemExit after our stop
+            self.status, self.error, swallow = "interrupted", f"stopped by {stopped or 'SIGTERM'}", True
         elif e is not None:
             self.error = ddp.launcher_failure(self.trainer) or f"{type(e).__name__}: {e}"
             if isinstance(e, OSError) and e.errno in _FULL:

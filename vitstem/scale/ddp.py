@@ -17,9 +17,12 @@ this module stays light for the command line's start-up) and fixes three things:
   of each job and destroys the process group.
 - **A rank that dies** fails its job, not the sweep: Lightning's observer SIGKILLs the parent process
   (and with it the whole sweep) when a child exits non-zero. Ours records the rank and its exit signal
-  or code, stops the other children and lets the parent's collective fail (gloo raises at once when a
-  peer disconnects; after ``grace_s`` the main thread is interrupted), so the job ends ``failed`` with
-  that reason in ``results.json`` and the sweep moves on.
+  or code, stops the other children and aborts this process's process group, so that a collective
+  waiting for the dead peer returns with an error (NCCL does not notice a dead peer by itself: it would
+  wait for its timeout, 30 minutes, and its watchdog would then abort the whole multirun; gloo notices a
+  closed connection, but not a peer that hangs); after ``grace_s`` the main thread is interrupted too.
+  The job ends ``failed`` with that reason in ``results.json`` and the sweep moves on. A rank that stopped
+  on a signal with the others exits with :data:`INTERRUPTED_EXIT`, which is not a death.
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ from collections.abc import Iterator
 log = logging.getLogger("vitstem")
 
 CHILD_ENV = "VITSTEM_DDP_CHILD"
+INTERRUPTED_EXIT = 75  # the exit code of a rank that stopped on a signal after its checkpoint (EX_TEMPFAIL)
 RANK_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", "GROUP_RANK", "RANK",
             "LOCAL_WORLD_SIZE", "PL_GLOBAL_SEED", CHILD_ENV)
 _CONFIG_FLAGS = ("--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd")
@@ -128,7 +132,10 @@ def job_environment() -> Iterator[None]:
     finally:
         dist = sys.modules.get("torch.distributed")  # no process group can exist if it was never imported
         if dist is not None and dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+            try:
+                dist.destroy_process_group()
+            except Exception as e:  # noqa: BLE001  (a group aborted after a rank died may refuse; it is gone)
+                log.warning("destroying the process group: %s: %s", type(e).__name__, e)
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)

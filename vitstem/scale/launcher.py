@@ -11,7 +11,7 @@ import time
 
 from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 
-from vitstem.scale.ddp import CHILD_ENV, child_command
+from vitstem.scale.ddp import CHILD_ENV, INTERRUPTED_EXIT, child_command
 
 log = logging.getLogger("vitstem")
 
@@ -26,6 +26,7 @@ class JobLauncher(_SubprocessScriptLauncher):
         self.task_overrides, self.run_dir, self.ckpt_path, self.grace_s = task_overrides, run_dir, ckpt_path, grace_s
         self.failure: str | None = None
         self._done = threading.Event()
+        self._lock, self._handled = threading.Lock(), False
 
     def launch(self, function, *args, trainer=None, **kwargs):
         self.cluster_environment.validate_settings(num_devices=self.num_processes, num_nodes=self.num_nodes)
@@ -38,6 +39,7 @@ class JobLauncher(_SubprocessScriptLauncher):
             # a collective that failed because a peer died: wait a moment for the exit status to name it
             for _ in range(50):
                 if self.failure or self._find_dead_rank():
+                    self._dead_rank_found()
                     break
                 time.sleep(0.1)
             raise
@@ -49,7 +51,7 @@ class JobLauncher(_SubprocessScriptLauncher):
     def _find_dead_rank(self) -> bool:
         for local_rank, proc in enumerate(self.procs, start=1):
             code = proc.poll()
-            if code:
+            if code and code != INTERRUPTED_EXIT:
                 how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
                 rank = self.cluster_environment.node_rank() * self.num_processes + local_rank
                 self.failure = f"rank {rank} (pid {proc.pid}) died with {how}"
@@ -79,10 +81,35 @@ class JobLauncher(_SubprocessScriptLauncher):
     def _observe(self, period: float = 0.5) -> None:
         while not self._done.wait(period):
             if self._find_dead_rank():  # a rank died: fail this job (not the sweep)
-                log.error("%s; stopping the job's other ranks", self.failure)
-                self.kill(signal.SIGKILL)
+                self._dead_rank_found()
                 if not self._done.wait(self.grace_s):
                     _thread.interrupt_main()
                 return
-            if self.procs and all(p.poll() == 0 for p in self.procs):
+            if self.procs and all(p.poll() in (0, INTERRUPTED_EXIT) for p in self.procs):
                 return
+
+    def _dead_rank_found(self) -> None:
+        """Once, by whichever thread sees it first: stop the other ranks and abort the process group."""
+        with self._lock:
+            if self._handled:
+                return
+            self._handled = True
+        log.error("%s; stopping the job's other ranks and aborting the process group", self.failure)
+        self.kill(signal.SIGKILL)
+        if self._abort_process_group():
+            self.failure += "; the process group was aborted"
+
+    @staticmethod
+    def _abort_process_group() -> bool:
+        """Abort this process's default process group: a collective blocked on the dead peer (NCCL waits for
+        its timeout otherwise) returns with an error in the main thread. True if it was aborted."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return False
+        try:
+            dist.distributed_c10d._abort_process_group()
+        except Exception as e:  # noqa: BLE001  (a backend without abort: the main thread is interrupted instead)
+            log.warning("could not abort the process group (%s: %s)", type(e).__name__, e)
+            return False
+        return True

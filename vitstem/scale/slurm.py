@@ -41,11 +41,13 @@ and :class:`SubmititLocalEnvironment` locally. ``trainer.devices`` must equal ``
 **Lightning's own SLURM handling** (``SLURMEnvironment(auto_requeue=True)``, what Lightning picks by itself
 under ``srun``) installs at fit start a SIGUSR1 handler that writes ``hpc_ckpt_<n>.ckpt`` inside the handler
 and runs ``scontrol requeue`` itself, and resumes from such a file: a second requeue mechanism, racing
-submitit's, so it is off under submitit (``auto_requeue=False``). Lightning leaves SIGUSR2 alone. It always
-handles SIGTERM (sent by SLURM at the hard limit, at preemption without ``send_user_signal``, and by
-``scancel``), chained after the handler already there: every rank stops at the next batch with
-``SIGTERMException``. With ``PreemptMode=REQUEUE`` SLURM then requeues the job itself, and it runs again as
-in step 6.
+submitit's, so it is off under submitit (``auto_requeue=False``). Lightning leaves SIGUSR2 alone. Its own
+SIGTERM handling is switched off by the checkpoint callback (its handler runs a broadcast inside the signal
+handler and forwards SIGTERM to the ranks it started, so a job whose every task gets SIGTERM from
+``scancel`` can hang; its loop broadcasts the flag every step). SIGTERM (sent by SLURM at the hard limit,
+at preemption without ``send_user_signal``, and by ``scancel``) is handled like SIGUSR2 above: the ranks
+agree, checkpoint and stop. With ``PreemptMode=REQUEUE`` SLURM then requeues the job itself, and it runs
+again as in step 6.
 """
 from __future__ import annotations
 
