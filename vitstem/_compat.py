@@ -38,7 +38,20 @@ PRIVATE = (
             "replaced by JobLauncher)", "none: Strategy.launcher is read-only", ("_launcher",)),
     Private("lightning", "lightning.pytorch.trainer.trainer:Trainer", "vitstem/runs/checkpoint.py "
             "(trainer._signal_connector.received_sigterm reset after our checkpoint)",
-            "Trainer.received_sigterm reads the flag; nothing public resets it", ("_signal_connector",)),
+            "Trainer.received_sigterm reads the flag; nothing public resets it; the checkpoint is dumped by "
+            "trainer._checkpoint_connector (Trainer.save_checkpoint writes it, we copy it to the CPU and write it "
+            "from a thread) and the logged metrics read from trainer._logger_connector",
+            ("_signal_connector", "_checkpoint_connector", "_logger_connector")),
+    Private("lightning", "lightning.pytorch.loops.training_epoch_loop:_TrainingEpochLoop._broadcast_sigterm_tensor",
+            "vitstem/runs/checkpoint.py (replaced by a no-op: ranks agree on a stop by our own all-reduce every "
+            "sync_every steps, not a broadcast and .item() every step)", "none"),
+    Private("lightning", "lightning.pytorch.loops.training_epoch_loop:_TrainingEpochLoop._should_accumulate",
+            "vitstem/runs/checkpoint.py (no checkpoint between micro-batches)",
+            "trainer.fit_loop.epoch_loop.batch_progress with accumulate_grad_batches, written out"),
+    Private("lightning", "lightning.pytorch.loops.training_epoch_loop:_TrainingEpochLoop._num_ready_batches_reached",
+            "vitstem/runs/checkpoint.py (an epoch's last step)", "trainer.num_training_batches, written out"),
+    Private("lightning", "lightning.pytorch.loops.utilities:_is_max_limit_reached", "vitstem/runs/checkpoint.py "
+            "(training's last step)", "trainer.max_steps / max_epochs compared by hand"),
     Private("lightning", "lightning.pytorch.trainer.connectors.signal_connector:_SignalConnector",
             "vitstem/runs/checkpoint.py", "none", ("received_sigterm",)),
     Private("lightning", "lightning.pytorch.loops.fit_loop:_FitLoop", "vitstem/runs/checkpoint.py "
@@ -63,6 +76,12 @@ PRIVATE = (
             "vitstem/sweeps/random.py", "none"),
     Private("hydra-core", "hydra.core.utils:JobReturn", "vitstem/sweeps/random.py (a failed job's exception)",
             "JobReturn.return_value raises it instead of returning it", ("_return_value",)),
+    Private("torch", "torch:UntypedStorage._cdata", "vitstem/models/memory.py (a storage's identity while counting "
+            "what autograd keeps on the meta device)", "none: data_ptr() is 0 for every meta storage"),
+    Private("torch", "torch.amp:GradScaler._get_scale_async", "vitstem/instrument/metrics.py (the loss scale as a "
+            "device tensor: true gradient norms under 16-mixed without a sync)", "GradScaler.get_scale() (syncs)"),
+    Private("torch", "torch.optim:AdamW", "vitstem/instrument/metrics.py (does the optimizer unscale inside its "
+            "step?)", "none", ("_step_supports_amp_scaling",)),
     Private("torch", "torch:_foreach_norm", "vitstem/instrument/metrics.py (one fused norm per list of tensors)",
             "torch.linalg.vector_norm per tensor (one kernel each)"),
     Private("torch", "torch:_foreach_sub", "vitstem/instrument/stability.py", "torch.sub per tensor"),

@@ -276,8 +276,10 @@ class Throughput(TypedDict):  # vitstem.instrument.callbacks.Throughput
 class Checkpoint(TypedDict):  # vitstem.runs.checkpoint.RunCheckpoint
     _target_: Target
     dirpath: str
+    every_n_minutes: Positive | None
     every_n_steps: Count | None
     signals: list[str]
+    sync_every: Count
 
 
 @with_config(Open)
@@ -424,7 +426,7 @@ def _message(values: dict, errors: list[dict]) -> str:
 
 def _strip(tp: Any) -> Any:
     """``tp`` without ``Annotated`` / ``NotRequired``."""
-    while get_origin(tp) is Annotated or getattr(get_origin(tp), "_name", None) == "NotRequired" or \
+    while get_origin(tp) is Annotated or get_origin(tp) is NotRequired or \
             str(get_origin(tp)).endswith("NotRequired"):
         tp = get_args(tp)[0]
     return tp

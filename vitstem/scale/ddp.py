@@ -115,7 +115,7 @@ def fresh_process_state() -> None:
 
     import torch
 
-    torch._dynamo.reset()
+    torch.compiler.reset()
     gc.collect()
     if torch.cuda.is_initialized():
         torch.cuda.empty_cache()
