@@ -58,15 +58,18 @@ def group_stats(errors) -> dict:
             **{f"within_{k}": float(np.mean(e - best <= k + TOL)) for k in WITHIN}}
 
 
+MEASURED = ("done", "untrained", "diverged")   # row states with an error (collect.py)
+
+
 def summarize(rows: list[dict], groups: list[str]) -> list[dict]:
-    """One summary row per group: job counts by state (``done`` counts diverged jobs too) and
-    :func:`group_stats` over the done jobs (diverged at 100)."""
+    """One summary row per group: job counts by state (``done`` counts the jobs that failed to train and the
+    diverged ones too) and :func:`group_stats` over them (diverged at 100)."""
     out = []
     for g in groups:
         mine = [r for r in rows if r["group"] == g]
-        count = {s: sum(r["state"] == s for r in mine) for s in ("done", "diverged", "failed", "pending")}
-        errors = [r["error"] for r in mine if r["state"] in ("done", "diverged")]
-        out.append({"group": g, "jobs": len(mine), "done": count["done"] + count["diverged"],
-                    "diverged": count["diverged"], "failed": count["failed"], "pending": count["pending"],
-                    **group_stats(errors)})
+        count = {s: sum(r["state"] == s for r in mine) for s in (*MEASURED, "failed", "pending")}
+        errors = [r["error"] for r in mine if r["state"] in MEASURED]
+        out.append({"group": g, "jobs": len(mine), "done": sum(count[s] for s in MEASURED),
+                    "untrained": count["untrained"], "diverged": count["diverged"], "failed": count["failed"],
+                    "pending": count["pending"], **group_stats(errors)})
     return out

@@ -61,15 +61,19 @@ class Interval:
         return self.low + u * (self.high - self.low)
 
 
+SOBOL_DIMS = 1024   # a key draws from one of these dimensions (a hash of the key): keys are paired unrelatedly
+
+
 def draw(seed: int, index: int, key: str) -> float:
     """Sample ``index`` of ``key``: a number in [0, 1) that depends only on ``(seed, index, key)``, stratified.
 
-    The samples of a key are a one-dimensional scrambled Sobol' sequence (``scipy.stats.qmc.Sobol``, Owen
-    scrambling seeded by ``(seed, key)``): its first ``2**m`` points lie one in each interval
-    ``[k / 2**m, (k + 1) / 2**m)`` for every ``m``, i.e. a Latin hypercube of ``2**m`` samples per key that a
-    larger sweep extends instead of redrawing (``qmc.LatinHypercube`` itself redraws every point when the number
-    of samples changes). Each key has its own scrambling, so the pairing across keys is random, as in a Latin
-    hypercube design.
+    The samples of a key are one coordinate of a scrambled Sobol' sequence (``scipy.stats.qmc.Sobol``, Owen
+    scrambling seeded by ``(seed, key)``, the coordinate picked by a hash of ``key`` among ``SOBOL_DIMS``): every
+    coordinate's first ``2**m`` points lie one in each interval ``[k / 2**m, (k + 1) / 2**m)`` for every ``m``,
+    i.e. a Latin hypercube of ``2**m`` samples per key that a larger sweep extends instead of redrawing
+    (``qmc.LatinHypercube`` redraws every point when the number of samples changes). Keys use different
+    coordinates, so that two keys are not paired in step (the same coordinate for two keys, even scrambled
+    apart, gives correlated draws, as van der Corput's order is shared).
     """
     if index < 0:
         raise SweepError(f"{key}: sample index {index} is negative")
@@ -79,9 +83,11 @@ def draw(seed: int, index: int, key: str) -> float:
 
 @functools.lru_cache(maxsize=256)
 def _sobol(seed: int, key: str, m: int) -> tuple[float, ...]:
-    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
-    engine = qmc.Sobol(d=1, scramble=True, rng=np.random.default_rng(int.from_bytes(digest[:8], "big")))
-    return tuple(engine.random_base2(m)[:, 0])
+    def number(text: str) -> int:
+        return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big")
+
+    engine = qmc.Sobol(d=SOBOL_DIMS, scramble=True, rng=np.random.default_rng(number(f"{seed}:{key}")))
+    return tuple(engine.random_base2(m)[:, number(key) % SOBOL_DIMS])
 
 
 def parse_interval(override: Override) -> Interval:

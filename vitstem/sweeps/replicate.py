@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -41,15 +42,32 @@ def train_command(study: str, seed: int) -> list[str]:
     return [*head, "-m", f"sweep={study}/tiny", *extra]
 
 
-def run_study(study: str, seed: int, log) -> int:
-    """Run (or resume) one tiny form; its exit code (130 on Ctrl-C)."""
+class Stop:
+    """SIGINT / SIGTERM seen: the running study (which got the signal too, as the terminal's process group does)
+    saves its checkpoint and stops; then the replication stops instead of starting the next study. Installed
+    explicitly, so that it also holds where the shell started us with SIGINT ignored (``nohup ... &``)."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self)
+
+    def __call__(self, signum, frame) -> None:
+        self.signal = signum
+
+
+def run_study(study: str, seed: int, log, stop: Stop) -> int:
+    """Run (or resume) one tiny form; its exit code."""
     command = train_command(study, seed)
     log(f"$ {' '.join(command[-4 if seed else -2:])}")
     start = time.time()
-    try:
-        code = subprocess.call(command)
-    except KeyboardInterrupt:   # the child got the same SIGINT: it saves its checkpoint and stops
-        code = 130
+    child = subprocess.Popen(command)
+    while True:
+        try:
+            code = child.wait()
+            break
+        except KeyboardInterrupt:  # only where a caller restored Python's own SIGINT handler
+            stop.signal = signal.SIGINT
     log(f"{study}: exit {code} after {time.time() - start:.0f} s in this call")
     return code
 
@@ -96,10 +114,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"[vitstem-replicate {time.strftime('%H:%M:%S')}] {line}", flush=True)
 
     analyses = {}
+    stop = Stop()
     for study in studies:
         if not args.analyze_only:
-            code = run_study(study, args.seed, log)
-            if code in (130, -2):
+            run_study(study, args.seed, log, stop)
+            if stop.signal is not None:
                 log("interrupted: run the same command again to continue")
                 sys.exit(130)
         sweep_dir = args.multirun / sweep_name(study, args.seed)
