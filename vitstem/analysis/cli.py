@@ -92,11 +92,11 @@ def analyze(sweep_dir: Path, by: list[str] | None = None, wandb: bool = False, p
     """Write every output into ``sweep_dir/analysis/``; return the sweep, its grouping keys, summary and claims."""
     sweep = collect(sweep_dir, metric)
     rows = sweep["rows"]
-    keys = by or grouping.varying_keys(rows)
+    cfg = study_config(sweep, study)
+    keys = by or study_list(cfg, "study.group_by") or grouping.varying_keys(rows)
     grouping.check_keys(rows, keys)
     names = grouping.assign(rows, keys)
     summary = summarize(rows, names)
-    cfg = study_config(sweep, study)
     try:
         claim_specs = load_claims(cfg) if cfg is not None else []
     except Exception as e:  # a claim that does not read: the report still comes, and says why
@@ -133,12 +133,20 @@ def analyze(sweep_dir: Path, by: list[str] | None = None, wandb: bool = False, p
             "wandb_dir": wandb_dir, "metric": metric}
 
 
-def study_plots(cfg) -> list[dict]:
-    """``study.plots`` of the study config: ``[{x: KEY, lines: [KEY, ...], title, xlabel, log}]``; [] if none."""
+def study_list(cfg, key: str) -> list:
+    """A list of the study config (``study.plots``, ``study.group_by``), resolved; [] if none."""
     from omegaconf import OmegaConf
 
-    node = OmegaConf.select(cfg, "study.plots", default=None) if cfg is not None else None
-    return list(OmegaConf.to_container(node, resolve=True)) if node is not None else []
+    try:
+        node = OmegaConf.select(cfg, key, default=None) if cfg is not None else None
+        return list(OmegaConf.to_container(node, resolve=True)) if node is not None else []
+    except Exception:  # an unresolvable saved config: the defaults serve
+        return []
+
+
+def study_plots(cfg) -> list[dict]:
+    """``study.plots`` of the study config: ``[{x: KEY, lines: [KEY, ...], title, xlabel, log}]``; [] if none."""
+    return study_list(cfg, "study.plots")
 
 
 def main(argv: list[str] | None = None) -> None:

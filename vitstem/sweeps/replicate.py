@@ -72,13 +72,14 @@ def run_study(study: str, seed: int, log, stop: Stop) -> int:
     return code
 
 
-def analyse(sweep_dir: Path, results_dir: Path, log) -> dict | None:
-    """``vitstem-analyze`` the sweep and copy its outputs to ``results_dir/<name>/``; the analysis, or None."""
+def analyse(sweep_dir: Path, study: str, results_dir: Path, log) -> dict | None:
+    """``vitstem-analyze SWEEP_DIR --study <study>/tiny`` (the claims and plots as conf/sweep/ states them now)
+    and copy its outputs to ``results_dir/<name>/``; the analysis, or None."""
     from vitstem.analysis.cli import analyze
     from vitstem.analysis.collect import AnalysisError
 
     try:
-        result = analyze(sweep_dir)
+        result = analyze(sweep_dir, study=f"{study}/tiny")
     except AnalysisError as e:
         log(f"{sweep_dir}: not analysed: {e}")
         return None
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
                 sys.exit(130)
         sweep_dir = args.multirun / sweep_name(study, args.seed)
         if sweep_dir.is_dir() and not args.train_only:
-            analyses[study] = analyse(sweep_dir, args.results, log)
+            analyses[study] = analyse(sweep_dir, study, args.results, log)
     if args.train_only:
         return
     from vitstem.analysis.replication import write_replication
