@@ -156,7 +156,8 @@ def test_claims_from_a_composed_study_config():
     """Every study's claims read (interpolations resolved) and name a direction, a metric, two sides."""
     from vitstem.config import compose
 
-    for form in ("xiao_lr_wd/tiny", "xiao_stems/tiny", "wang_warmup/tiny", "wortsman_alpha/tiny"):
+    for form in ("xiao_lr_wd/tiny", "xiao_optimizer/tiny", "xiao_stems/tiny", "wang_warmup/tiny", "wang_stems/tiny",
+                 "wortsman_alpha/tiny", "wortsman_qkln_gate/tiny", "xiao_lr_wd/gpu", "wortsman_alpha/gpu"):
         claims = load_claims(compose([f"sweep={form}"]))
         assert claims and all(c["a"] != c["b"] for c in claims), form
     xiao = load_claims(compose(["sweep=xiao_lr_wd/tiny"]))
@@ -180,9 +181,9 @@ def test_replication_table_lists_each_claim_with_the_papers_number_and_ours(tmp_
     result = analyze(sweep)
     results = tmp_path / "results" / "demo_tiny"
     results.mkdir(parents=True)
-    for f in ("claims.csv", "summary.csv", "edf.png"):
+    for f in ("claims.csv", "summary.csv", "runs.csv", "edf.png"):
         (results / f).write_bytes((result["out"] / f).read_bytes())
     text = write_replication(tmp_path / "results", ["demo_tiny", "other_tiny"]).read_text()
     assert "| `c_beats_p`: a beats b | test | 3.7 points (Table 3) | -5.0 [" in text
     assert "8/8 pairs in the claimed direction" in text and "**supported**" in text
-    assert "## other_tiny\n\nNot analysed yet" in text and "16 of 16 jobs measured (complete)" in text
+    assert "## other_tiny\n\nNot analysed yet" in text and "16 of 16 jobs measured (complete); wall time 0 min" in text

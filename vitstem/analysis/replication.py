@@ -68,7 +68,9 @@ def write_replication(results: Path, names: list[str], suffix: str = "") -> Path
         done = sum(int(s["done"]) for s in summary)
         pending = sum(int(s["pending"]) for s in summary)
         state = "complete" if pending == 0 else f"**partial: {pending} jobs still pending**"
-        lines.append(f"{done} of {jobs} jobs measured ({state}); report: [{name}/report.html]({name}/report.html)\n")
+        wall = sum(_num(r.get("wall_time_s")) or 0.0 for r in _read(results / name / "runs.csv"))
+        lines.append(f"{done} of {jobs} jobs measured ({state}); wall time {wall / 60:.0f} min (the jobs' "
+                     f"wall_time_s summed); report: [{name}/report.html]({name}/report.html)\n")
         lines.append("| claim | source | paper | ours: effect [95% CI] | verdict | would settle it |")
         lines.append("|---|---|---|---|---|---|")
         for c in claims:
