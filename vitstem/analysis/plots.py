@@ -9,7 +9,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from vitstem.analysis.collect import read_curve
-from vitstem.analysis.edf import edf, edf_at, edf_band
+from vitstem.analysis.edf import edf, edf_at, edf_band, resample_counts
 
 SIZE = (7.0, 4.5)
 
@@ -47,7 +47,8 @@ def plot_edf(rows: list[dict], groups: list[str], name: str, relative: bool = Tr
              chance: float | None = None) -> Figure:
     """Per group: the EDF of the error (``relative``: minus the group's best, Xiao et al.'s Fig. 5; else the raw
     error, Radosavovic et al.'s original form, where a group near chance shows as such) with its 5-95% bootstrap
-    band (:mod:`vitstem.analysis.edf`). Relative: the x range ends past the worst job that did not diverge, so a
+    band (:mod:`vitstem.analysis.edf`; matched jobs, the same draw or seed in every group, are resampled together:
+:func:`matched_units`). Relative: the x range ends past the worst job that did not diverge, so a
     curve that stops short of 1 shows the share that diverged (100% error). Raw: chance is a dotted line."""
     if relative:
         fig, ax = _figure(f"{name}: error EDF (relative)", "top-1 error minus the group's best (points)",
@@ -60,12 +61,15 @@ def plot_edf(rows: list[dict], groups: list[str], name: str, relative: bool = Tr
     finite = [r["error"] - ref[g] for g in best for r in done[g] if r["state"] != "diverged"]
     x_min = 0.0 if relative else max(0.0, min(finite + [100.0]) - 2)
     x_max = max([x_min + 1.0] + [1.05 * x for x in finite]) if relative else 101.0
+    unit_of, shared = matched_units(done)
     for i, g in enumerate(groups):
         if g not in best:
             continue
-        deltas, _ = edf([r["error"] for r in done[g]], best=ref[g])
+        mine = sorted(done[g], key=lambda r: r["error"])
+        deltas, _ = edf([r["error"] for r in mine], best=ref[g])
         at = np.unique(np.concatenate([[x_min], deltas[(deltas < x_max) & (deltas >= x_min)], [x_max]]))
-        lo, hi = edf_band(deltas, at)
+        counts = shared[:, [unit_of[id(r)] for r in mine]] if shared is not None else None
+        lo, hi = edf_band(deltas, at, counts=counts)
         ax.fill_between(at, lo, hi, step="post", color=colour(i), alpha=0.2, linewidth=0)
         ax.step(at, edf_at(deltas, at), where="post", color=colour(i),
                 label=f"{g} (n={deltas.size}, best {best[g]:.2f}{_counts(rows, g)})")
@@ -73,10 +77,29 @@ def plot_edf(rows: list[dict], groups: list[str], name: str, relative: bool = Tr
         ax.axvline(chance, color="0.4", linestyle=":", linewidth=1, label=f"chance ({chance:.0f}%)")
     ax.set(xlim=(x_min, x_max), ylim=(0, 1.02))
     if best:
-        ax.legend(fontsize=7, loc="lower right", title="5-95% bootstrap band", title_fontsize=7)
+        title = "5-95% bootstrap band" + (", matched jobs resampled together" if shared is not None else "")
+        ax.legend(fontsize=7, loc="lower right", title=title, title_fontsize=7)
     else:
         _empty(ax, "no finished jobs yet")
     return fig
+
+
+def matched_units(done: dict[str, list[dict]]):
+    """When every group's jobs are the same matched units (one job per ``study.sample`` draw, else per ``seed``),
+    ``({id(row): unit index}, shared resample counts (n_boot, units))`` so that every group's EDF band resamples the
+    same units together; else ``({}, None)`` and each group is resampled on its own."""
+    from vitstem.analysis.groups import value
+
+    for key in ("study.sample", "seed", "hparams.seed"):
+        units = {g: [value(r, key) for r in rows] for g, rows in done.items() if rows}
+        sets = {frozenset(u) for u in units.values()}
+        if units and len(sets) == 1 and "-" not in next(iter(sets)) and all(len(set(u)) == len(u)
+                                                                            for u in units.values()):
+            order = sorted(next(iter(sets)), key=lambda v: (len(v), v))
+            index = {u: k for k, u in enumerate(order)}
+            unit_of = {id(r): index[value(r, key)] for rows in done.values() for r in rows}
+            return unit_of, resample_counts(len(order))
+    return {}, None
 
 
 def plot_error_vs(rows: list[dict], groups: list[str], key: str, label: str, name: str) -> Figure:
