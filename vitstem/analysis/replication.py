@@ -21,7 +21,10 @@ on 4,096 synthetic 32 px images (10 classes, chance 90% error) on the CPU; they 
 paper's effect, not its size. Verdicts (vitstem/analysis/claims.py): **supported** when the 95% bootstrap
 interval of the median paired difference lies wholly on the claimed side (for "within" claims: inside the
 margin), **contradicted** when it lies wholly on the other side (outside the margin), **inconclusive** otherwise;
-effects are in points of top-1 error (a - b; negative: a's error is lower).
+effects are in points of top-1 error (a - b; negative: a's error is lower). With 3 matched seeds the percentile
+bootstrap of the median spans about the lowest to the highest paired difference, so "supported" there means all
+three pairs agree in direction (the sign test cannot go below p = 0.25 with 3 pairs; its p-value is given): a
+direction measured at small scale, not a significance claim.
 """
 
 
