@@ -202,6 +202,8 @@ def settle(row: dict) -> str:
     if row["n"] < MIN_UNITS:
         return f"at least {MIN_UNITS} matched jobs"
     width = (row["ci_high"] or 0) - (row["ci_low"] or 0)
+    if row["verdict"] == "inconclusive" and abs(row["effect"] or 0) < width / 10:
+        return "no effect measured yet: more matched jobs (to narrow the interval) or a longer run"
     if row["verdict"] == "inconclusive":
         more = max(2, math.ceil(row["n"] * (width / max(abs(row["effect"] or 0), 0.5)) ** 2 / 4))
         return f"an interval narrower than the effect: ~{more} matched jobs (now {row['n']}), or a longer run"
