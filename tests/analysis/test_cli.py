@@ -13,7 +13,7 @@ import pytest
 from tests.helpers import REPO
 from vitstem.analysis.cli import main
 
-FIGURES = ("edf.png", "error_vs_lr.png", "error_vs_wd.png", "curves.png")
+FIGURES = ("edf_raw.png", "edf.png", "error_vs_lr.png", "error_vs_wd.png", "curves.png")
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -26,9 +26,10 @@ def test_writes_tables_figures_and_report(sweep, capsys):
     main([str(sweep)])
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "xiao_lr_wd: 10 of 14 done"
-    assert out[1] == "12 job folders, 14 planned; 1 diverged, 1 failed, 3 pending; grouped by model"
-    assert out[3].split() == ["model=vit_c_32", "7", "5", "0", "1", "1", "20", "21.5", "40%", "60%", "80%"]
-    assert out[4].split() == ["model=vit_p_32", "7", "5", "1", "0", "2", "25", "26.5", "40%", "60%", "60%"]
+    assert out[1] == "claims: none (the study config has no study.claims)"   # the claims lead: tests/analysis/test_claims.py
+    assert out[2] == "12 job folders, 14 planned; 1 diverged, 1 failed, 3 pending; grouped by model"
+    assert out[4].split() == ["model=vit_c_32", "7", "5", "0", "0", "1", "1", "20", "21.5", "40%", "60%", "80%"]
+    assert out[5].split() == ["model=vit_p_32", "7", "5", "0", "1", "0", "2", "25", "26.5", "40%", "60%", "60%"]
     analysis = sweep / "analysis"
     runs = read_csv(analysis / "runs.csv")
     assert [r["job"] for r in runs] == [str(k) for k in range(14)]
@@ -58,7 +59,7 @@ def test_figures_are_the_same_on_a_second_run(sweep):
 def test_by_sets_the_groups(sweep, capsys):
     main([str(sweep), "--by", "study.name", "--by", "hparams.ema"])
     lines = capsys.readouterr().out.splitlines()
-    assert lines[1].endswith("grouped by study.name, hparams.ema")
+    assert lines[2].endswith("grouped by study.name, hparams.ema")
     groups = [r["group"] for r in read_csv(sweep / "analysis" / "summary.csv")]
     assert groups == ["study.name=xiao_lr_wd,hparams.ema=-", "study.name=xiao_lr_wd,hparams.ema=none",
                       "study.name=xiao_lr_wd,hparams.ema=pycls"]

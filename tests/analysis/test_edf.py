@@ -68,3 +68,17 @@ def test_summarize_counts_states_and_uses_done_and_diverged_errors():
     assert (a["best"], a["median"]) == (10.0, 11.0)                        # done: 10, 11 and 100 (diverged)
     assert a["within_1"] == pytest.approx(2 / 3) and a["within_4"] == pytest.approx(2 / 3)
     assert (b["jobs"], b["done"], b["pending"], b["best"], b["median"]) == (1, 0, 1, None, None)
+
+
+def test_matched_jobs_are_resampled_together():
+    """Groups over the same draws share one resample per bootstrap round; groups over other draws do not."""
+    from vitstem.analysis.plots import matched_units
+
+    def rows(samples):
+        return [{"overrides": {"study.sample": str(s)}, "hparams": {}, "error": 10.0 + s} for s in samples]
+
+    a, b = rows([2, 0, 1]), rows([1, 2, 0])
+    unit_of, counts = matched_units({"a": a, "b": b})
+    assert counts.shape[1] == 3 and counts.sum(axis=1).tolist() == [3] * counts.shape[0]
+    assert [unit_of[id(r)] for r in a] == [2, 0, 1] and [unit_of[id(r)] for r in b] == [1, 2, 0]
+    assert matched_units({"a": a, "b": rows([0, 1, 3])}) == ({}, None)

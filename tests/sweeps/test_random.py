@@ -1,6 +1,8 @@
 """The random sweeper: Hydra's grammar, pure sampling, sample-major jobs, resumable and failure-proof sweeps."""
 import json
 
+import numpy as np
+
 import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -16,6 +18,24 @@ def test_a_draw_is_a_pure_function_of_seed_index_and_key():
     assert draw(0, 3, "optimizer.lr") == draw(0, 3, "optimizer.lr")
     values = {draw(0, i, "optimizer.lr") for i in range(100)} | {draw(1, 0, "optimizer.lr"), draw(0, 0, "x")}
     assert len(values) == 102 and all(0 <= v < 1 for v in values)
+
+
+@pytest.mark.parametrize("n", [8, 16, 64])
+def test_draws_are_stratified_one_per_slice(n):
+    """The first 2**m samples of a key put one sample in each of 2**m equal slices (a Latin hypercube per key),
+    whatever the seed; the first 8 keep their places when the sweep grows to 64."""
+    for seed in (0, 1, 7):
+        for key in ("study.draw.lr", "study.draw.weight_decay"):
+            slices = sorted(int(draw(seed, i, key) * n) for i in range(n))
+            assert slices == list(range(n)), (seed, key, slices)
+    assert [draw(0, i, "x") for i in range(8)] == [draw(0, i, "x") for i in range(64)][:8]
+
+
+def test_keys_are_paired_at_random_and_seeds_differ():
+    lr = [draw(0, i, "study.draw.lr") for i in range(16)]
+    wd = [draw(0, i, "study.draw.weight_decay") for i in range(16)]
+    assert lr != wd and abs(float(np.corrcoef(lr, wd)[0, 1])) < 0.6   # independent scrambles per key
+    assert [draw(1, i, "study.draw.lr") for i in range(16)] != lr
 
 
 def test_samples_lie_in_their_intervals_log_uniformly_and_cross_the_grid():

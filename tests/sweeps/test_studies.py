@@ -28,30 +28,32 @@ WANG_STEMS = ["scaled_relu", "scaled_relu_no_bn", "scaled_relu_no_relu", "scaled
 ACTIVATIONS = ["softmax", "relu", "relu2", "gelu", "softplus", "identity", "relu6", "sigmoid"]
 
 # form -> (job count, {grid key: its values}); sampled keys are listed by plan_jobs separately.
+SEEDS3 = ["0", "1", "2"]
+QKLN_GATE = ["relu_a1", "relu_a0", "relu_gate_a1", "relu_gate_a0", "relu_noqkln_a1", "relu_noqkln_a0",
+             "relu_noqkln_gate_a1", "relu_noqkln_gate_a0", "softmax", "softmax_gate", "softmax_noqkln",
+             "softmax_noqkln_gate"]
 PLANS = {
     "xiao_lr_wd": (2 * 2 * 64, {"model": ["vit_p_4gf", "vit_c_4gf"], "optimizer": ["adamw", "sgd"]}),
-    "xiao_lr_wd/tiny": (2 * 2 * 16, {"model": ["vit_p_32", "vit_c_32"], "optimizer": ["adamw", "sgd"]}),
+    "xiao_lr_wd/tiny": (2 * 2 * 8, {"model": ["vit_p_32", "vit_c_32"], "optimizer": ["adamw", "sgd"]}),
     "xiao_optimizer": (2 * 2 * 3 * 4, {"experiment": XIAO_RECIPES, "trainer.max_epochs": ["50", "100", "200", "400"]}),
-    "xiao_optimizer/tiny": (2 * 2 * 4, {"model": ["vit_p_32", "vit_c_32"], "optimizer": ["adamw", "sgd"],
-                                        "trainer.max_epochs": ["2", "4", "8", "16"]}),
+    "xiao_optimizer/tiny": (3 * 2 * 2 * 2, {"trainer.max_epochs": ["1", "2", "4"], "seed": ["0", "1"],
+                                            "model": ["vit_p_32", "vit_c_32"], "optimizer": ["adamw", "sgd"]}),
     "xiao_stems": (6 * 2, {"optimizer": ["adamw", "sgd"],
                            "model/stem": ["patchify", "conv_xiao_4gf", *(f"conv_xiao_4gf_s{i}" for i in range(1, 5))]}),
-    "xiao_stems/tiny": (4 * 2, {"optimizer": ["adamw", "sgd"],
-                                "model/stem": ["patchify", "conv_small", "conv_small_k2", "conv_small_k4"]}),
+    "xiao_stems/tiny": (2 * 3 * 3, {"optimizer": ["adamw", "sgd"], "model/stem": ["patchify", "conv_small", "conv_small_k4"],
+                                    "seed": SEEDS3}),
     "wang_warmup": (2 * 5, {"experiment": ["wang_deit_s_patchify", "wang_deit_s_scaled_relu"],
                             "scheduler.warmup": ["0", "1", "5", "10", "20"]}),
-    "wang_warmup/tiny": (2 * 4, {"model/stem": ["patchify", "scaled_relu"], "scheduler.warmup": ["0", "1", "2", "4"]}),
+    "wang_warmup/tiny": (2 * 2 * 3, {"model/stem": ["patchify", "scaled_relu"], "scheduler.warmup": ["0", "64"],
+                                     "seed": SEEDS3}),
     "wang_stems": (7, {"model/stem": WANG_STEMS}),
-    "wang_stems/tiny": (7, {"model/stem": WANG_STEMS}),
+    "wang_stems/tiny": (4 * 3, {"model/stem": ["scaled_relu", "scaled_relu_no_bn_relu", "patchify", "patchify_bn_relu"],
+                                "seed": SEEDS3}),
     "wortsman_alpha": (8 * 9, {"model.attention.activation": ACTIVATIONS,
                                "model.attention.alpha": ["0", "0.25", "0.5", "0.75", "1", "1.25", "1.5", "1.75", "2"]}),
-    "wortsman_alpha/tiny": (8 * 3, {"model.attention.activation": ACTIVATIONS, "model.attention.alpha": ["0", "1", "2"]}),
-    "wortsman_qkln_gate": (2 * 2 * 2, {"model.attention.activation": ["relu", "softmax"],
-                                       "model.attention.qk_norm": ["True", "False"],
-                                       "model.attention.gate": ["False", "True"]}),
-    "wortsman_qkln_gate/tiny": (2 * 2 * 2, {"model.attention.activation": ["relu", "softmax"],
-                                            "model.attention.qk_norm": ["True", "False"],
-                                            "model.attention.gate": ["False", "True"]}),
+    "wortsman_alpha/tiny": (4 * 3, {"seed": SEEDS3}),   # study.attention: softmax, relu_a0, relu_a1, relu_a2
+    "wortsman_qkln_gate": (12, {}),                     # study.variant: QKLN_GATE
+    "wortsman_qkln_gate/tiny": (5 * 3, {"seed": SEEDS3}),
 }
 
 # (form, overrides that pick one job of its plan, {dotted key of the composed job config: intended value}).
@@ -66,13 +68,14 @@ PROBES = [
     ("xiao_optimizer", ["experiment=xiao_stability_c_18gf_adamw", "trainer.max_epochs=400"],
      {"model.name": "vit_c_18gf", "model.depth": 11, "optimizer._target_": "torch.optim.AdamW", "optimizer.lr": 1e-3,
       "optimizer.weight_decay": 0.24, "trainer.max_epochs": 400}),
-    ("xiao_optimizer/tiny", ["trainer.max_epochs=16", "model=vit_c_32", "optimizer=sgd"],
+    ("xiao_optimizer/tiny", ["trainer.max_epochs=4", "seed=1", "model=vit_c_32", "optimizer=sgd"],
      {"model.name": "vit_c_32", "model.depth": 3, "model.stem.layers.0.kernel": 3,
-      "optimizer._target_": "torch.optim.SGD", "optimizer.lr": 0.2, "optimizer.weight_decay": 5e-5,
-      "optimizer.ref_batch_size": 128, "trainer.max_epochs": 16}),
-    ("xiao_optimizer/tiny", ["trainer.max_epochs=2", "model=vit_p_32", "optimizer=adamw"],
+      "optimizer._target_": "torch.optim.SGD", "optimizer.lr": 0.1625, "optimizer.weight_decay": 2.2e-5,
+      "optimizer.ref_batch_size": 128, "trainer.max_epochs": 4, "seed": 1, "scheduler.warmup": 16,
+      "scheduler.warmup_unit": "steps", "data.loader.batch_size": 64, "callbacks.precise_bn.num_images": 1024}),
+    ("xiao_optimizer/tiny", ["trainer.max_epochs=1", "seed=0", "model=vit_p_32", "optimizer=adamw"],
      {"model.name": "vit_p_32", "model.depth": 4, "optimizer._target_": "torch.optim.AdamW", "optimizer.lr": 2e-3,
-      "optimizer.weight_decay": 0.05, "trainer.max_epochs": 2}),
+      "optimizer.weight_decay": 0.2, "trainer.max_epochs": 1}),
     ("xiao_stems", ["optimizer=sgd", "model/stem=conv_xiao_4gf_s3"],
      {"model.name": "vit_c_4gf", "model.depth": 11, "model.embed_dim": 384,
       "model.stem.layers": [{"kernel": 3, "stride": 2, "channels": 17, "padding": 1},
@@ -84,42 +87,44 @@ PROBES = [
     ("xiao_stems", ["optimizer=adamw", "model/stem=patchify"],   # = ViT_P-4GF at its Table 4 row
      {"model.depth": 12, "model.stem.layers": [], "optimizer._target_": "torch.optim.AdamW", "optimizer.lr": 2e-3,
       "optimizer.weight_decay": 0.2, "trainer.max_epochs": 50}),
-    ("xiao_stems/tiny", ["optimizer=adamw", "model/stem=conv_small_k4"],
+    ("xiao_stems/tiny", ["optimizer=adamw", "model/stem=conv_small_k4", "seed=2"],
      {"model.name": "vit_c_32", "model.depth": 3, "model.stem.layers.2.kernel": 4, "model.stem.layers.2.stride": 4,
-      "optimizer._target_": "torch.optim.AdamW", "optimizer.lr": 2e-3, "trainer.max_epochs": 8}),
-    ("xiao_stems/tiny", ["optimizer=sgd", "model/stem=patchify"],
-     {"model.depth": 4, "model.stem.layers": [], "optimizer.lr": 0.2}),
+      "optimizer._target_": "torch.optim.AdamW", "optimizer.lr": 1e-3, "optimizer.weight_decay": 0.24,
+      "trainer.max_epochs": 4, "seed": 2}),
+    ("xiao_stems/tiny", ["optimizer=sgd", "model/stem=patchify", "seed=0"],
+     {"model.depth": 4, "model.stem.layers": [], "optimizer.lr": 0.2375, "optimizer.weight_decay": 1.3e-5}),
     ("wang_warmup", ["experiment=wang_deit_s_scaled_relu", "scheduler.warmup=0"],
      {"model.name": "deit_s_scaled_relu", "model.stem.layers.0.kernel": 7, "model.depth": 12, "scheduler.warmup": 0,
       "scheduler.warmup_unit": "epochs", "optimizer._target_": "torch.optim.AdamW", "optimizer.lr": 5e-4,
       "optimizer.ref_batch_size": 512, "trainer.max_epochs": 300}),
-    ("wang_warmup/tiny", ["model/stem=scaled_relu", "scheduler.warmup=4"],
-     {"model.name": "vit_p_32", "model.depth": 4, "model.stem.layers.0.kernel": 7, "scheduler.warmup": 4,
-      "trainer.max_epochs": 8}),
+    ("wang_warmup/tiny", ["model/stem=scaled_relu", "scheduler.warmup=0", "seed=1"],
+     {"model.name": "vit_p_32", "model.depth": 4, "model.stem.layers.0.kernel": 7, "scheduler.warmup": 0,
+      "scheduler.warmup_unit": "steps", "optimizer.lr": 8e-3, "trainer.max_epochs": 4, "seed": 1}),
     ("wang_stems", ["model/stem=scaled_relu_no_bn"],
      {"model.name": "deit_s_scaled_relu", "model.stem.norm": "none", "model.stem.act": "relu",
       "optimizer.lr": 5e-4, "trainer.max_epochs": 300}),
     ("wang_stems", ["model/stem=patchify_bn_relu"],
      {"model.stem.layers": [], "model.stem.proj_norm": "batchnorm", "model.stem.proj_act": "relu"}),
-    ("wang_stems/tiny", ["model/stem=scaled_relu_layernorm"],
-     {"model.name": "vit_p_32", "model.stem.norm": "layernorm", "trainer.max_epochs": 8}),
+    ("wang_stems/tiny", ["model/stem=scaled_relu_no_bn_relu", "seed=2"],
+     {"model.name": "vit_p_32", "model.stem.norm": "none", "model.stem.act": "none", "optimizer.lr": 8e-3,
+      "trainer.max_epochs": 4, "seed": 2}),
     ("wortsman_alpha", ["model.attention.activation=gelu", "model.attention.alpha=0.75"],
      {"model.name": "vit_s32", "model.attention.activation": "gelu", "model.attention.alpha": 0.75,
       "model.attention.qk_norm": True, "model.attention.gate": False, "optimizer.lr": 1e-3,
       "optimizer.ref_batch_size": 4096, "trainer.max_epochs": 300}),
     ("wortsman_alpha", ["model.attention.activation=softmax", "model.attention.alpha=0"],   # the reference
      {"model.attention.activation": "softmax", "model.attention.qk_norm": True, "model.attention.gate": False}),
-    ("wortsman_alpha/tiny", ["model.attention.activation=relu2", "model.attention.alpha=2"],
-     {"model.name": "vit_p_32", "model.attention.activation": "relu2", "model.attention.alpha": 2,
-      "model.attention.qk_norm": True, "trainer.max_epochs": 4}),
-    ("wortsman_qkln_gate", ["model.attention.activation=relu", "model.attention.qk_norm=False",
-                            "model.attention.gate=True"],
+    ("wortsman_alpha/tiny", ["study.attention=relu_a2", "seed=1"],
+     {"model.name": "vit_p_32", "model.attention.activation": "relu", "model.attention.alpha": 2,
+      "model.attention.qk_norm": True, "trainer.max_epochs": 4, "seed": 1}),
+    ("wortsman_alpha/tiny", ["study.attention=softmax", "seed=2"],   # the reference, once per seed
+     {"model.attention.activation": "softmax", "model.attention.qk_norm": True, "seed": 2}),
+    ("wortsman_qkln_gate", ["study.variant=relu_noqkln_gate_a1"],
      {"model.name": "vit_s32", "model.attention.activation": "relu", "model.attention.alpha": 1.0,
       "model.attention.qk_norm": False, "model.attention.gate": True, "optimizer.ref_batch_size": 4096}),
-    ("wortsman_qkln_gate/tiny", ["model.attention.activation=softmax", "model.attention.qk_norm=True",
-                                 "model.attention.gate=True"],
-     {"model.name": "vit_p_32", "model.attention.activation": "softmax", "model.attention.qk_norm": True,
-      "model.attention.gate": True}),
+    ("wortsman_qkln_gate/tiny", ["study.variant=relu_gate_a0", "seed=0"],
+     {"model.name": "vit_p_32", "model.attention.activation": "relu", "model.attention.alpha": 0,
+      "model.attention.qk_norm": True, "model.attention.gate": True}),
 ]
 
 
@@ -212,9 +217,12 @@ def test_tiny_form_is_cpu_32px_synthetic_and_small(study):
         job_cfg = compose_config([f"sweep={form}", *job])
         assert job_cfg.model.img_size == 32 and job_cfg.data.img_size == 32
         assert job_cfg.trainer.accelerator == "cpu"
-    # CPU time: a 4-epoch job of vit_p_32 on 2,048 images takes ~20 s on 2 cores; keep each study within
-    # ~15 min, i.e. about 180 such epochs (the header states the study's own count and time).
+    # The calibrated scale (issue 18): 128-256+ steps, at least 1,000 validation images; CPU time: a vit_p_32 job
+    # of 256 steps at batch 64 takes ~45 s on 2 idle cores; keep each study within ~30 min, i.e. 10,000 steps
+    # (the header states the study's own count and time).
     epochs = [int(dict(o.split("=", 1) for o in job).get("trainer.max_epochs", cfg.trainer.max_epochs)) for job in jobs]
-    assert sum(epochs) * cfg.data.train_size <= 180 * 2048, f"{form}: {sum(epochs)} epochs of {cfg.data.train_size}"
+    steps = [e * cfg.data.train_size // cfg.data.loader.batch_size for e in epochs]
+    assert max(steps) >= 256 and cfg.data.val_size >= 1000, f"{form}: {max(steps)} steps, {cfg.data.val_size} val"
+    assert sum(steps) <= 10_000, f"{form}: {sum(steps)} steps"
     header = (SWEEP_DIR / study / "tiny.yaml").read_text()
     assert f"{len(jobs)} jobs" in header and re.search(r"\d+ min|measured", header, re.I)  # count and time

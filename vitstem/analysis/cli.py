@@ -1,14 +1,22 @@
-"""``vitstem-analyze``: a sweep folder's tables, error EDFs, plots and report, in ``SWEEP_DIR/analysis/``.
+"""``vitstem-analyze``: a sweep folder's claims checked, tables, error EDFs, plots and report, in ``SWEEP_DIR/analysis/``.
 
     vitstem-analyze multirun/xiao_lr_wd                         # groups: the override keys that vary
     vitstem-analyze multirun/xiao_lr_wd --by model --by optimizer
     vitstem-analyze multirun/xiao_lr_wd --by hparams.stem       # a setting from the results' hparams block
+    vitstem-analyze multirun/wang_stems --metric raw            # the raw weights' error (DeiT, Wang et al.)
+    vitstem-analyze multirun/xiao_lr_wd_tiny --study xiao_lr_wd/tiny   # claims and plots from conf/sweep/
     vitstem-analyze multirun/xiao_lr_wd --wandb                 # also one wandb run (offline without a key)
     vitstem-analyze multirun/xiao_lr_wd --job 3                 # also job 3's curves per block (vitstem.instrument)
 
-Writes ``runs.csv``, ``summary.csv``, ``edf.png``, ``error_vs_lr.png``, ``error_vs_wd.png``, ``curves.png`` and
-``report.html``, and prints ``<sweep>: N of M done`` and the summary. Works on a sweep in progress. Errors and
-groups: :mod:`vitstem.analysis.collect`, :mod:`vitstem.analysis.groups`, :mod:`vitstem.analysis.edf`. ``--job K``
+Checks the study's claims (``study.claims``: :mod:`vitstem.analysis.claims`) and prints them first: supported,
+contradicted or inconclusive, with the effect and its 95% interval. Writes ``claims.csv``, ``runs.csv``,
+``summary.csv``, ``edf_raw.png`` (raw error, chance marked) and ``edf.png`` (error minus the group's best),
+``error_vs_lr.png``, ``error_vs_wd.png``, the study's own plots (``study.plots``: ``plot_<i>.png``, e.g. error vs
+training length per optimizer), ``diversity.png`` (patch-token diversity per block at the end, when the jobs
+logged it), ``curves.png`` and ``report.html`` (the claims table first), and prints ``<sweep>: N of M done``, the
+claims and the summary. Works on a sweep in progress, on one where every job diverged or failed, and names and
+counts an unreadable results.json. Errors and groups: :mod:`vitstem.analysis.collect`,
+:mod:`vitstem.analysis.groups`, :mod:`vitstem.analysis.edf`. ``--job K``
 adds job K's per-block curves from its ``metrics.csv``: ``job<K>_grad_norms.png`` (gradient norm per block over
 steps, its spikes and divergence marked), ``job<K>_update_ratio.png``, ``job<K>_diversity.png`` (patch-token
 diversity per block over epochs) and ``job<K>_attention.png`` (attention entropy, or for point-wise attention the
@@ -23,10 +31,11 @@ from pathlib import Path
 
 from vitstem.analysis import groups as grouping
 from vitstem.analysis import plots
-from vitstem.analysis.collect import ANALYSIS, AnalysisError, collect, read_blocks
+from vitstem.analysis.claims import CLAIM_COLUMNS, check_all, load_claims
+from vitstem.analysis.collect import ANALYSIS, METRICS, AnalysisError, collect, read_blocks
 from vitstem.analysis.edf import summarize
-from vitstem.analysis.report import (RUN_COLUMNS, SUMMARY_COLUMNS, details, headline, html_report, log_wandb,
-                                     text_table, write_csv)
+from vitstem.analysis.report import (RUN_COLUMNS, SUMMARY_COLUMNS, claims_text, details, headline, html_report,
+                                     log_wandb, text_table, write_csv)
 
 
 def job_figures(sweep: dict, job: str) -> dict:
@@ -65,34 +74,79 @@ def read_results(job_dir: Path) -> dict:
         return {}
 
 
+def study_config(sweep: dict, form: str | None):
+    """Where the claims and plots come from: ``conf/sweep/<form>`` composed (``--study``), else the sweep's
+    ``multirun.yaml``."""
+    if form is None:
+        return sweep["config"]
+    from vitstem.config import ConfigError, compose
+
+    try:
+        return compose([f"sweep={form}"])
+    except ConfigError as e:
+        raise AnalysisError(f"--study {form}: {e}") from None
+
+
 def analyze(sweep_dir: Path, by: list[str] | None = None, wandb: bool = False, project: str = "vitstem",
-            jobs: list[str] | None = None) -> dict:
-    """Write every output into ``sweep_dir/analysis/``; return the sweep, its grouping keys and summary."""
-    sweep = collect(sweep_dir)
+            jobs: list[str] | None = None, metric: str = "auto", study: str | None = None) -> dict:
+    """Write every output into ``sweep_dir/analysis/``; return the sweep, its grouping keys, summary and claims."""
+    sweep = collect(sweep_dir, metric)
     rows = sweep["rows"]
-    keys = by or grouping.varying_keys(rows)
+    cfg = study_config(sweep, study)
+    keys = by or study_list(cfg, "study.group_by") or grouping.varying_keys(rows)
     grouping.check_keys(rows, keys)
     names = grouping.assign(rows, keys)
     summary = summarize(rows, names)
+    try:
+        claim_specs = load_claims(cfg) if cfg is not None else []
+    except Exception as e:  # a claim that does not read: the report still comes, and says why
+        raise AnalysisError(f"{sweep_dir}: study.claims: {e}") from None
+    claims = check_all(claim_specs, rows, sweep["name"])
     out = sweep_dir / ANALYSIS
     out.mkdir(exist_ok=True)
     write_csv(out / "runs.csv", rows, RUN_COLUMNS)
     write_csv(out / "summary.csv", summary, SUMMARY_COLUMNS)
+    write_csv(out / "claims.csv", claims, CLAIM_COLUMNS)
     name = sweep["name"]
-    figures = {"Error EDF": ("edf.png", plots.plot_edf(rows, names, name)),
+    figures = {"Error EDF, raw error": ("edf_raw.png", plots.plot_edf(rows, names, name, False, sweep["chance"])),
+               "Error EDF, error minus the group's best": ("edf.png", plots.plot_edf(rows, names, name)),
                "Error vs lr": ("error_vs_lr.png", plots.plot_error_vs(rows, names, "lr", "base lr", name)),
                "Error vs weight decay": ("error_vs_wd.png",
-                                         plots.plot_error_vs(rows, names, "weight_decay", "weight decay", name)),
-               "Validation curves": ("curves.png", plots.plot_curves(rows, names, name))}
+                                         plots.plot_error_vs(rows, names, "weight_decay", "weight decay", name))}
+    for i, spec in enumerate(study_plots(cfg)):
+        title = spec.get("title") or f"Error vs {spec['x']}"
+        figures[title] = (f"plot_{i}.png", plots.plot_by(rows, spec["x"], list(spec.get("lines") or []), name,
+                                                         spec.get("xlabel"), bool(spec.get("log"))))
+    if any(r.get("diversity") for r in rows):
+        figures["Patch-token diversity per block at the end"] = ("diversity.png",
+                                                                 plots.plot_diversity(rows, names, name))
+    figures["Validation curves"] = ("curves.png", plots.plot_curves(rows, names, name))
     for job in jobs or []:
         figures |= job_figures(sweep, job)
     images = {title: out / file for title, (file, _) in figures.items()}
     for title, (file, fig) in figures.items():
-        fig.savefig(images[title], dpi=120)
-    (out / "report.html").write_text(html_report(sweep, keys, summary, images))
+        fig.savefig(images[title], dpi=110)
+    (out / "report.html").write_text(html_report(sweep, keys, summary, images, claims, metric))
     wandb_dir = log_wandb(out, sweep, summary, images, project) if wandb else None
-    files = ["runs.csv", "summary.csv", *(p.name for p in images.values()), "report.html"]
-    return {"sweep": sweep, "keys": keys, "summary": summary, "out": out, "files": files, "wandb_dir": wandb_dir}
+    files = ["runs.csv", "summary.csv", "claims.csv", *(p.name for p in images.values()), "report.html"]
+    return {"sweep": sweep, "keys": keys, "summary": summary, "claims": claims, "out": out, "files": files,
+            "wandb_dir": wandb_dir, "metric": metric}
+
+
+def study_list(cfg, key: str) -> list:
+    """A list of the study config (``study.plots``, ``study.group_by``), resolved; [] if none."""
+    from omegaconf import OmegaConf
+
+    try:
+        node = OmegaConf.select(cfg, key, default=None) if cfg is not None else None
+        return list(OmegaConf.to_container(node, resolve=True)) if node is not None else []
+    except Exception:  # an unresolvable saved config: the defaults serve
+        return []
+
+
+def study_plots(cfg) -> list[dict]:
+    """``study.plots`` of the study config: ``[{x: KEY, lines: [KEY, ...], title, xlabel, log}]``; [] if none."""
+    return study_list(cfg, "study.plots")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -107,14 +161,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--job", action="append", metavar="JOB",
                         help="also plot this job's curves per block (gradient norms, update ratio, token diversity, "
                              "attention) from its metrics.csv; JOB is its folder below SWEEP_DIR, e.g. 3; repeatable")
+    parser.add_argument("--metric", choices=METRICS, default="auto",
+                        help="the error: auto (the EMA's when the run had one, else the raw weights'; Xiao et al.), "
+                             "raw (the raw weights'; DeiT, Wang et al.) or ema")
+    parser.add_argument("--study", metavar="FORM",
+                        help="read the claims and plots from conf/sweep/FORM (e.g. xiao_lr_wd/tiny) instead of the "
+                             "sweep's multirun.yaml")
     args = parser.parse_args(argv)
     try:
-        result = analyze(args.sweep_dir, args.by, args.wandb, args.project, args.job)
+        result = analyze(args.sweep_dir, args.by, args.wandb, args.project, args.job, args.metric, args.study)
     except AnalysisError as e:
         print(f"vitstem-analyze: error: {e}", file=sys.stderr)
         sys.exit(2)
     sweep = result["sweep"]
     print(headline(sweep))
+    print(claims_text(result["claims"]))
     print(details(sweep, result["keys"]))
     print(text_table(result["summary"]))
     print(f"wrote {result['out']}/: {' '.join(result['files'])}")

@@ -4,11 +4,15 @@ A job is a folder below ``SWEEP_DIR`` (``SWEEP_DIR/analysis/`` excepted) that ho
 its run has written one, Hydra's ``.hydra/overrides.yaml``. ``SWEEP_DIR/multirun.yaml`` (written by Hydra when
 the sweep starts) gives the plan: the jobs that have no folder yet are pending too.
 
-A row's ``state`` is what the summary counts: ``done`` (finished with a validation error), ``diverged``,
-``failed`` (failed, or finished with no validation error) or ``pending`` (no ``results.json`` yet, or
-``interrupted``: running the sweep command again resumes it). Its ``error`` is the paper's metric (Xiao et al.
-2021): the best EMA top-1 error when the run had an EMA (``best_val_ema_err1`` not null), else the best top-1
-error (``best_val_err1``), in percent; 100 for a diverged run; None otherwise.
+A row's ``state`` is what the summary counts: ``done`` (finished with a validation error), ``untrained``
+(finished, but within ``CHANCE_MARGIN`` points of chance or worse: it failed to train, shown apart from
+diverged), ``diverged``, ``failed`` (failed, finished with no validation error, or an unreadable
+``results.json``: named in the row's message) or ``pending`` (no ``results.json`` yet: still running or not
+started; or ``interrupted``: running the sweep command again resumes it). Its ``error`` is the metric chosen by
+``metric`` (``--metric``): ``auto`` (Xiao et al. 2021's: the best EMA top-1 error when the run had an EMA,
+``best_val_ema_err1`` not null, else the best top-1 error ``best_val_err1``), ``raw`` (the raw weights' best
+top-1 error, as DeiT and Wang et al. report) or ``ema`` (the EMA's; None for a run without one), in percent;
+100 for a diverged run; None otherwise. Chance is ``100 * (1 - 1 / data.num_classes)`` from ``multirun.yaml``.
 """
 from __future__ import annotations
 
@@ -23,6 +27,8 @@ from omegaconf import OmegaConf
 ANALYSIS = "analysis"
 # Keys a random sweep sets per job besides the sampled values; never grouping keys.
 SWEEP_KEYS = ("study.sample", "study.sampled")
+METRICS = ("auto", "raw", "ema")
+CHANCE_MARGIN = 5.0   # points of top-1 error: a finished job this close to chance (or worse) failed to train
 
 
 class AnalysisError(Exception):
@@ -35,13 +41,17 @@ def parse_overrides(lines: list[str]) -> dict[str, str]:
     return {key.lstrip("+~"): value for key, _, value in pairs}
 
 
-def error_of(results: dict) -> float | None:
+def error_of(results: dict, metric: str = "auto") -> float | None:
     """The job's top-1 error in percent (module docstring)."""
     if results.get("status") == "diverged":
         return 100.0
     if results.get("status") != "finished":
         return None
     ema = results.get("best_val_ema_err1")
+    if metric == "ema":
+        return ema
+    if metric == "raw":
+        return results.get("best_val_err1")
     return ema if ema is not None else results.get("best_val_err1")
 
 
@@ -87,7 +97,7 @@ def _value(text: str | None):
 
 
 def row(job: str, results: dict | None, overrides: list[str], sampled: list[str], message: str | None = None,
-        job_dir: Path | None = None) -> dict:
+        job_dir: Path | None = None, metric: str = "auto") -> dict:
     """One job's row: the ``runs.csv`` columns plus ``overrides`` (dict), ``hparams``, ``sampled`` and ``dir``."""
     r = results or {}
     ov = parse_overrides(overrides)
@@ -95,17 +105,18 @@ def row(job: str, results: dict | None, overrides: list[str], sampled: list[str]
     settings = {name: hp.get(name, _value(ov.get(key))) for name, key in FROM_OVERRIDES.items()}
     settings["model"] = settings["model"] or r.get("model")
     status = r.get("status") or ("failed" if message else "pending")
-    error = error_of(r)
+    error = error_of(r, metric)
     state = state_of(status, error)
     if state == "failed" and status == "finished" and not message:
-        message = "finished without a validation error"
+        message = f"finished without a validation error{' (no EMA)' if metric == 'ema' else ''}"
     attention = hp.get("attention") or {}
     return {"job": job, "status": status, "state": state, "group": "", "error": error, **settings,
             "lr_scaled": hp.get("lr_scaled"), "attention": attention.get("activation"), "alpha": attention.get("alpha"),
             "epochs": r.get("epochs"), "best_acc1": r.get("best_val_acc1"), "final_acc1": r.get("final_val_acc1"),
             "best_ema_acc1": r.get("best_val_ema_acc1"), "wall_time_s": r.get("wall_time_s"),
             "message": message or r.get("error"), "overrides": ov, "hparams": hp, "dir": job_dir,
-            "sampled": list(hp.get("sampled") or sampled or _listed(ov.get("study.sampled")))}
+            "sampled": list(hp.get("sampled") or sampled or _listed(ov.get("study.sampled"))),
+            "diversity": r.get("diversity") or {}}
 
 
 def _listed(text: str | None) -> list[str]:
@@ -113,7 +124,7 @@ def _listed(text: str | None) -> list[str]:
     return [k.strip() for k in (text or "").strip("[]").split(",") if k.strip()]
 
 
-def read_job(sweep_dir: Path, job_dir: Path) -> dict:
+def read_job(sweep_dir: Path, job_dir: Path, metric: str = "auto") -> dict:
     """The row of one job folder: from ``results.json`` if there is one, else from ``.hydra/overrides.yaml``."""
     name = job_dir.relative_to(sweep_dir).as_posix()
     results, message, overrides = None, None, []
@@ -132,7 +143,7 @@ def read_job(sweep_dir: Path, job_dir: Path) -> dict:
             overrides = _read_yaml_list(hydra_overrides)
         except Exception:  # half-written by a job starting now: its settings are unknown for the moment
             overrides = []
-    return row(name, results, overrides, [], message, job_dir)
+    return row(name, results, overrides, [], message, job_dir, metric)
 
 
 def plan_jobs(lines: list[str], samples: int | None) -> tuple[list[list[str]], list[str]] | None:
@@ -175,16 +186,41 @@ def load_plan(sweep_dir: Path) -> tuple[list[list[str]], list[str]] | None:
         return None
 
 
-def collect(sweep_dir: Path) -> dict:
+def load_config(sweep_dir: Path):
+    """``SWEEP_DIR/multirun.yaml`` (the sweep's composed config, unresolved), or None."""
+    try:
+        return OmegaConf.load(sweep_dir / "multirun.yaml")
+    except Exception:  # missing or unreadable: the plan, the chance level and the claims are unknown
+        return None
+
+
+def chance_error(cfg) -> float | None:
+    """Chance top-1 error in percent, ``100 * (1 - 1 / data.num_classes)``; None when unknown."""
+    try:
+        n = int(OmegaConf.select(cfg, "data.num_classes"))
+        return 100.0 * (1 - 1 / n) if n > 1 else None
+    except Exception:
+        return None
+
+
+def collect(sweep_dir: Path, metric: str = "auto", chance_margin: float = CHANCE_MARGIN) -> dict:
     """The sweep: ``name`` (``hparams.study`` or the folder's name), ``rows`` (one per job folder, and one per
-    planned job of ``multirun.yaml`` that has none yet), ``found`` (job folders) and ``planned`` (the number of
-    jobs ``multirun.yaml`` plans, or None when unknown)."""
+    planned job of ``multirun.yaml`` that has none yet), ``found`` (job folders), ``planned`` (the number of
+    jobs ``multirun.yaml`` plans, or None when unknown), ``chance`` (chance error, or None), ``unreadable``
+    (the jobs whose results.json could not be read) and ``config`` (``multirun.yaml``, or None)."""
     if not sweep_dir.is_dir():
         raise AnalysisError(f"{sweep_dir}: no such folder")
+    if metric not in METRICS:
+        raise AnalysisError(f"--metric {metric}: choose one of {', '.join(METRICS)}")
     job_dirs = find_jobs(sweep_dir)
     if not job_dirs:
         raise AnalysisError(f"{sweep_dir}: no jobs (no folder below it holds results.json or .hydra/overrides.yaml)")
-    rows = [read_job(sweep_dir, d) for d in job_dirs]
+    rows = [read_job(sweep_dir, d, metric) for d in job_dirs]
+    cfg = load_config(sweep_dir)
+    chance = chance_error(cfg)
+    for r in rows:
+        if chance is not None and r["state"] == "done" and r["error"] >= chance - chance_margin:
+            r["state"] = "untrained"
     plan = load_plan(sweep_dir)
     started = {r["job"] for r in rows if r["job"].isdigit()}
     if plan is not None and started:  # job folders are Hydra's job numbers: those not there yet are pending
@@ -192,8 +228,10 @@ def collect(sweep_dir: Path) -> dict:
         rows += [row(str(k), None, overrides, sampled) for k, overrides in enumerate(jobs) if str(k) not in started]
         rows.sort(key=lambda r: _job_key(r["job"]))
     name = next((r["hparams"]["study"] for r in rows if r["hparams"].get("study")), None)
+    unreadable = [r["job"] for r in rows if (r["message"] or "").startswith("unreadable results.json")]
     return {"name": name or sweep_dir.resolve().name, "rows": rows, "found": len(job_dirs),
-            "planned": None if plan is None else len(plan[0])}
+            "planned": None if plan is None else len(plan[0]), "chance": chance, "unreadable": unreadable,
+            "config": cfg}
 
 
 def read_curve(job_dir: Path | None) -> list[tuple[int, float]]:

@@ -32,16 +32,24 @@ def edf_at(deltas, at) -> np.ndarray:
     return (d[:, None] <= np.asarray(at, dtype=float)[None, :] + TOL).mean(axis=0)
 
 
+def resample_counts(n: int, n_boot: int = N_BOOT, seed: int = SEED) -> np.ndarray:
+    """``(n_boot, n)``: how often each of ``n`` units is drawn in each bootstrap resample (multinomial)."""
+    return np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=n_boot)
+
+
 def edf_band(deltas, at, n_boot: int = N_BOOT, q: tuple[float, float] = (5, 95),
-             seed: int = SEED) -> tuple[np.ndarray, np.ndarray]:
+             seed: int = SEED, counts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The ``q`` percentiles of F at ``at`` over ``n_boot`` resamples of ``deltas`` with replacement.
 
     A resample is a multinomial count of how often each job is drawn, so all resamples are one matrix product.
-    The same ``seed`` gives the same band.
+    The same ``seed`` gives the same band. ``counts`` (``(n_boot, len(deltas))``) gives the resamples instead:
+    the same draws of matched units for every group (:func:`matched_counts`), so that the groups' bands move
+    together as their paired jobs do.
     """
     d = np.asarray(deltas, dtype=float)
     n = d.size
-    counts = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=n_boot)   # (n_boot, n)
+    if counts is None:
+        counts = resample_counts(n, n_boot, seed)                                          # (n_boot, n)
     below = d[:, None] <= np.asarray(at, dtype=float)[None, :] + TOL                          # (n, len(at))
     fractions = counts @ below / n
     lo, hi = np.percentile(fractions, q, axis=0)
@@ -58,15 +66,18 @@ def group_stats(errors) -> dict:
             **{f"within_{k}": float(np.mean(e - best <= k + TOL)) for k in WITHIN}}
 
 
+MEASURED = ("done", "untrained", "diverged")   # row states with an error (collect.py)
+
+
 def summarize(rows: list[dict], groups: list[str]) -> list[dict]:
-    """One summary row per group: job counts by state (``done`` counts diverged jobs too) and
-    :func:`group_stats` over the done jobs (diverged at 100)."""
+    """One summary row per group: job counts by state (``done`` counts the jobs that failed to train and the
+    diverged ones too) and :func:`group_stats` over them (diverged at 100)."""
     out = []
     for g in groups:
         mine = [r for r in rows if r["group"] == g]
-        count = {s: sum(r["state"] == s for r in mine) for s in ("done", "diverged", "failed", "pending")}
-        errors = [r["error"] for r in mine if r["state"] in ("done", "diverged")]
-        out.append({"group": g, "jobs": len(mine), "done": count["done"] + count["diverged"],
-                    "diverged": count["diverged"], "failed": count["failed"], "pending": count["pending"],
-                    **group_stats(errors)})
+        count = {s: sum(r["state"] == s for r in mine) for s in (*MEASURED, "failed", "pending")}
+        errors = [r["error"] for r in mine if r["state"] in MEASURED]
+        out.append({"group": g, "jobs": len(mine), "done": sum(count[s] for s in MEASURED),
+                    "untrained": count["untrained"], "diverged": count["diverged"], "failed": count["failed"],
+                    "pending": count["pending"], **group_stats(errors)})
     return out

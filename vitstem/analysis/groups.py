@@ -4,12 +4,15 @@ A key is an override key as typed on the command line (``model``, ``optimizer``,
 ``optimizer.lr``); a key that starts with ``hparams.`` reads the ``hparams`` block of ``results.json`` instead
 (``hparams.stem``, ``hparams.attention.activation``: settings that a sweep set through an experiment). By default
 the grouping keys are the override keys whose values differ between jobs, less the sampled ones (each job's
-``hparams.sampled``, and ``study.sample`` / ``study.sampled``). A group is named ``key=value,key=value`` (``-``
+``hparams.sampled``, and ``study.sample`` / ``study.sampled``) and the replicate keys (``seed``: a cell's seeds
+are its repeats, not groups of their own); a study config may name its own (``study.group_by``). A group is named ``key=value,key=value`` (``-``
 for a key a job does not set), or ``all`` when nothing varies.
 """
 from __future__ import annotations
 
 from vitstem.analysis.collect import SWEEP_KEYS, AnalysisError
+
+REPLICATE_KEYS = ("seed",)
 
 
 def sampled_keys(rows: list[dict]) -> set[str]:
@@ -18,7 +21,7 @@ def sampled_keys(rows: list[dict]) -> set[str]:
 
 def varying_keys(rows: list[dict]) -> list[str]:
     """The override keys whose values differ between jobs, sampled keys excepted, in command-line order."""
-    skip = sampled_keys(rows)
+    skip = sampled_keys(rows) | set(REPLICATE_KEYS)
     keys = dict.fromkeys(k for r in rows for k in r["overrides"])
     return [k for k in keys if k not in skip and len({r["overrides"].get(k) for r in rows}) > 1]
 

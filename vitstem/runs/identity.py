@@ -16,7 +16,8 @@ from pathlib import Path
 # A key here also covers the keys below it ("logger" covers logger.wandb.project). Callbacks observe and checkpoint,
 # except those in DEFINING: precise BN recomputes the evaluated weights' BatchNorm statistics, so it defines a run.
 NOT_DEFINING = ("name", "tags", "run_dir", "ckpt_path", "retrain", "logger", "callbacks", "hydra",
-                "trainer.enable_progress_bar", "trainer.enable_model_summary")
+                "trainer.enable_progress_bar", "trainer.enable_model_summary",
+                "study.claims", "study.plots", "study.group_by")  # a study's reading of its runs, not how they train
 DEFINING = ("callbacks.precise_bn",)
 # What rank 0 decides for a run (the folder, the checkpoint to continue, retrain resolved): its ranks are told.
 PLANNED = ("run_dir", "ckpt_path", "retrain")

@@ -7,8 +7,10 @@ Overrides use Hydra's own grammar (the Optuna sweeper's syntax):
 - ``hydra.sweeper.samples=N`` draws N samples, ``hydra.sweeper.seed`` seeds them.
 
 Sample ``i`` of a key is a pure function of ``(seed, i, key)`` (:func:`draw`), so the same command always
-yields the same jobs, and jobs are ordered sample-major (job ``i * cells + g``): raising N from 16 to 64
-appends jobs and keeps the first 16 samples in the same folders. Each job also gets ``study.sample=i`` and
+yields the same jobs. The draws are stratified: every ``2**m`` first samples of a key put exactly one sample in
+each of ``2**m`` equal slices of its interval (a Latin hypercube per key, extensible), so 16 samples cover the
+interval evenly where independent uniforms leave gaps and clumps. Jobs and jobs are ordered sample-major (job ``i * cells + g``): raising N from 16 to 64
+appends jobs and keeps the first 16 samples in the same folders (and the first 64 are again stratified). Each job also gets ``study.sample=i`` and
 ``study.sampled=[keys]``, which ``results.json`` records.
 
 Unlike the basic sweeper, a job that raises does not stop the sweep: the sweep runs every job, then
@@ -17,6 +19,7 @@ stops before any job runs.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import logging
@@ -26,12 +29,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import IntervalSweep, Override
 from hydra.core.utils import JobStatus
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
+from scipy.stats import qmc
 
 import vitstem.resolvers  # noqa: F401  (the study configs' resolvers)
 
@@ -55,10 +61,33 @@ class Interval:
         return self.low + u * (self.high - self.low)
 
 
+SOBOL_DIMS = 1024   # a key draws from one of these dimensions (a hash of the key): keys are paired unrelatedly
+
+
 def draw(seed: int, index: int, key: str) -> float:
-    """A uniform number in [0, 1) that depends only on ``(seed, index, key)``."""
-    digest = hashlib.sha256(f"{seed}:{index}:{key}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2.0**64
+    """Sample ``index`` of ``key``: a number in [0, 1) that depends only on ``(seed, index, key)``, stratified.
+
+    The samples of a key are one coordinate of a scrambled Sobol' sequence (``scipy.stats.qmc.Sobol``, Owen
+    scrambling seeded by ``(seed, key)``, the coordinate picked by a hash of ``key`` among ``SOBOL_DIMS``): every
+    coordinate's first ``2**m`` points lie one in each interval ``[k / 2**m, (k + 1) / 2**m)`` for every ``m``,
+    i.e. a Latin hypercube of ``2**m`` samples per key that a larger sweep extends instead of redrawing
+    (``qmc.LatinHypercube`` redraws every point when the number of samples changes). Keys use different
+    coordinates, so that two keys are not paired in step (the same coordinate for two keys, even scrambled
+    apart, gives correlated draws, as van der Corput's order is shared).
+    """
+    if index < 0:
+        raise SweepError(f"{key}: sample index {index} is negative")
+    m = max(0, math.ceil(math.log2(index + 1)))
+    return float(_sobol(seed, key, m)[index])
+
+
+@functools.lru_cache(maxsize=256)
+def _sobol(seed: int, key: str, m: int) -> tuple[float, ...]:
+    def number(text: str) -> int:
+        return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big")
+
+    engine = qmc.Sobol(d=SOBOL_DIMS, scramble=True, rng=np.random.default_rng(number(f"{seed}:{key}")))
+    return tuple(engine.random_base2(m)[:, number(key) % SOBOL_DIMS])
 
 
 def parse_interval(override: Override) -> Interval:
