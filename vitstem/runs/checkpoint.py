@@ -303,6 +303,7 @@ class RunCheckpoint(L.Callback):
                 torch.save(checkpoint, f)
             os.replace(tmp, self.last)
         except BaseException as e:  # noqa: BLE001  (raised in the training thread, at the next save or the end)
+            e.vitstem_file = tmp  # the file the write was writing (torch.save's own error may not name it)
             self._write_error = e
 
     def wait(self) -> None:
@@ -312,6 +313,11 @@ class RunCheckpoint(L.Callback):
             self._writer = None
         if self._write_error is not None:
             error, self._write_error = self._write_error, None
+            cause = error  # a full disk or a file size limit, maybe under torch.save's own RuntimeError
+            while cause is not None and not (isinstance(cause, OSError) and cause.errno):
+                cause = cause.__cause__ or cause.__context__
+            if cause is not None:
+                raise OSError(cause.errno, os.strerror(cause.errno), str(error.vitstem_file)) from error
             raise OSError(f"writing {self.last} failed: {type(error).__name__}: {error}") from error
 
     def state_dict(self) -> dict:
