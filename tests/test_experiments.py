@@ -35,7 +35,7 @@ def test_every_experiment_starts_from_a_recipe_base():
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_composes_validates_and_trains_a_step(name):
-    from vitstem.module import Classifier
+    from vitstem.models.classifier import Classifier
     from vitstem.optim import build_optimizer
 
     header = (CONF_DIR / "experiment" / f"{name}.yaml").read_text()
@@ -81,3 +81,12 @@ def test_recipe_details_beyond_the_recipe_table():
     base = composed("wortsman_s16_relu", "model/attention=softmax_qknorm").model.attention
     assert (base.activation, base.qk_norm) == ("softmax", True)
     assert composed("wortsman_i21k_s16_relu").model.name == "vit_s16"
+
+
+@pytest.mark.parametrize("name", [e for e in EXPERIMENTS if e.startswith("wortsman_") and e.endswith("_relu")])
+def test_each_wortsman_model_takes_its_row_of_the_augmentation_table(name):
+    """conf/paper/wortsman_augment.yaml is read through the bases; an alias that spells an "off" cell agrees with it."""
+    cfg = composed(name)
+    row = OmegaConf.load(CONF_DIR / "paper" / "wortsman_augment.yaml")["i21k" if "i21k" in name else "i1k"][cfg.model.name]
+    assert cfg.data.augment.auto_augment == row.randaugment
+    assert (cfg.mixup.mixup_alpha if cfg.mixup else 0) == row.mixup

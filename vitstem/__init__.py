@@ -5,9 +5,12 @@ imported (before or after vitstem): timm takes seconds to import, so ``import vi
 it, and the command-line tools answer ``--help`` or a configuration error at once. When Lightning is imported,
 :func:`vitstem.console.quiet_lightning` leaves its messages to the app's logging (each printed once).
 """
+import functools
+import importlib
 import importlib.util
 import sys
-from importlib.abc import MetaPathFinder
+import warnings
+from importlib.abc import Loader, MetaPathFinder
 
 from vitstem import resolvers  # noqa: F401  (registers the config resolvers: light)
 
@@ -47,6 +50,49 @@ class _AfterImport(MetaPathFinder):
         spec.loader.exec_module = exec_module
         return spec
 
+
+# Modules that moved into the package that owns them: the old spelling (a user's config ``_target_``, a script's
+# import) keeps working, with a warning that names the new one.
+MOVED = {
+    "vitstem.module": "vitstem.models.classifier",
+    "vitstem.loss": "vitstem.models.loss",
+    "vitstem.loggers": "vitstem.runs.loggers",
+    "vitstem.checkpoints": "vitstem.runs.restore",
+}
+MOVED_NAMES = {  # vitstem.callbacks held two callbacks that now live apart
+    "vitstem.callbacks": {"PreciseBN": "vitstem.models.precise_bn", "ProgressBar": "vitstem.runs.progress"},
+}
+
+
+class _Moved(MetaPathFinder, Loader):
+    """Imports a module of :data:`MOVED` / :data:`MOVED_NAMES` under its old name."""
+
+    def find_spec(self, name, path, target=None):
+        if name not in MOVED and name not in MOVED_NAMES:
+            return None
+        return importlib.util.spec_from_loader(name, self)
+
+    def create_module(self, spec):
+        if spec.name in MOVED:
+            warnings.warn(f"{spec.name} is now {MOVED[spec.name]}: import it from there", FutureWarning, stacklevel=2)
+            return importlib.import_module(MOVED[spec.name])
+        return None  # a plain module, filled by exec_module
+
+    def exec_module(self, module):
+        if module.__name__ in MOVED_NAMES:
+            module.__getattr__ = functools.partial(_moved_name, module.__name__)
+
+
+def _moved_name(old: str, attr: str):
+    home = MOVED_NAMES[old].get(attr)
+    if home is None:
+        raise AttributeError(f"module {old!r} has no attribute {attr!r}")
+    warnings.warn(f"{old}.{attr} is now {home}.{attr}: import it from there", FutureWarning, stacklevel=2)
+    return getattr(importlib.import_module(home), attr)
+
+
+if not any(isinstance(f, _Moved) for f in sys.meta_path):
+    sys.meta_path.append(_Moved())
 
 for _module, _then in (("timm", _register_models), ("lightning", _quiet_lightning)):
     if _module in sys.modules:

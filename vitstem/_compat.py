@@ -63,13 +63,13 @@ PRIVATE = (
             "torch.set_rng_state, numpy.random.set_state, random.setstate, written out"),
     Private("lightning", "lightning.fabric.plugins.precision.precision:_PRECISION_INPUT",
             "vitstem/config.py (the precisions trainer.precision may name)", "none: a list written out would drift"),
-    Private("lightning", "lightning.fabric.loggers.csv_logs:_ExperimentWriter", "vitstem/loggers.py",
+    Private("lightning", "lightning.fabric.loggers.csv_logs:_ExperimentWriter", "vitstem/runs/loggers.py",
             "lightning.pytorch.loggers.csv_logs.ExperimentWriter (its public subclass)",
             ("metrics_file_path", "metrics_keys")),
-    Private("lightning", "lightning.pytorch.loggers:CSVLogger", "vitstem/loggers.py (self._experiment: None until "
+    Private("lightning", "lightning.pytorch.loggers:CSVLogger", "vitstem/runs/loggers.py (self._experiment: None until "
             "the writer is made)", "none", ("_experiment",)),
     Private("lightning", "lightning.pytorch.callbacks:RichProgressBar._update_metrics",
-            "vitstem/callbacks.py (ProgressBar reads the metrics every n steps)", "none"),
+            "vitstem/runs/progress.py (ProgressBar reads the metrics every n steps)", "none"),
     Private("hydra-core", "hydra._internal.core_plugins.basic_sweeper:BasicSweeper", "vitstem/sweeps/random.py "
             "(RandomSweeper subclasses it)", "hydra.plugins.sweeper.Sweeper, with the batching written out"),
     Private("hydra-core", "hydra._internal.core_plugins.basic_sweeper:BasicSweeper._parse_config",
@@ -85,9 +85,9 @@ PRIVATE = (
     Private("torch", "torch:_foreach_norm", "vitstem/instrument/metrics.py (one fused norm per list of tensors)",
             "torch.linalg.vector_norm per tensor (one kernel each)"),
     Private("torch", "torch:_foreach_sub", "vitstem/instrument/stability.py", "torch.sub per tensor"),
-    Private("torch", "torch.nn.modules.batchnorm:_BatchNorm", "vitstem/callbacks.py (PreciseBN)",
+    Private("torch", "torch.nn.modules.batchnorm:_BatchNorm", "vitstem/models/precise_bn.py (PreciseBN)",
             "(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)"),
-    Private("torch", "torch.nn:Module", "vitstem/module.py, vitstem/instrument/stability.py (is the model "
+    Private("torch", "torch.nn:Module", "vitstem/models/classifier.py, vitstem/instrument/stability.py (is the model "
             "compiled in place?)", "none: Module.compile() sets it", ("_compiled_call_impl",)),
 )
 

@@ -102,8 +102,8 @@ def time_plain(cfg, steps: int, warmup: int) -> list[float]:
     import torch
     from omegaconf import OmegaConf
     from timm.utils import ModelEmaV3
-    from vitstem.loss import init_head_bias
-    from vitstem.module import create_model
+    from vitstem.models.loss import init_head_bias
+    from vitstem.models.classifier import create_model
     from vitstem.optim import build_optimizer, build_scheduler, fit_warmup
     from vitstem.instrument.metrics import compute_dtype
 
@@ -164,7 +164,7 @@ def cost(cfg) -> tuple[int, float | None]:
     import torch
     from omegaconf import OmegaConf
     from vitstem.instrument.metrics import compute_dtype, peak_flops, train_flops_per_image
-    from vitstem.module import create_model
+    from vitstem.models.classifier import create_model
 
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     flops = train_flops_per_image(lambda: create_model(model_cfg, cfg.data.num_classes, cfg.model.img_size),
@@ -177,7 +177,7 @@ def memory_estimate(cfg, devices: int | None = None):
     """The estimated peak of one device for ``cfg`` (eager, at its batch and precision; DDP buckets if several)."""
     from omegaconf import OmegaConf
     from vitstem.models import memory
-    from vitstem.module import create_model
+    from vitstem.models.classifier import create_model
 
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     devices = devices if devices is not None else (cfg.trainer.devices if isinstance(cfg.trainer.devices, int) else 1)

@@ -283,13 +283,13 @@ class Checkpoint(TypedDict):  # vitstem.runs.checkpoint.RunCheckpoint
 
 
 @with_config(Open)
-class ProgressBar(TypedDict):  # vitstem.callbacks.ProgressBar
+class ProgressBar(TypedDict):  # vitstem.runs.progress.ProgressBar
     _target_: Target
     metrics_every_n_steps: Count
 
 
 @with_config(Open)
-class PreciseBN(TypedDict):  # vitstem.callbacks.PreciseBN
+class PreciseBN(TypedDict):  # vitstem.models.precise_bn.PreciseBN
     _target_: Target
     num_images: Index
 
@@ -305,7 +305,7 @@ class Callbacks(TypedDict):  # the entries vitstem knows; another one (a _target
 
 
 @with_config(Open)
-class CSV(TypedDict):  # vitstem.loggers.CSVLogger
+class CSV(TypedDict):  # vitstem.runs.loggers.CSVLogger
     _target_: Target
     save_dir: str | None  # ${run_dir}
     name: str
@@ -313,7 +313,7 @@ class CSV(TypedDict):  # vitstem.loggers.CSVLogger
 
 
 @with_config(Open)
-class Wandb(TypedDict):  # vitstem.loggers.wandb_logger
+class Wandb(TypedDict):  # vitstem.runs.loggers.wandb_logger
     _target_: Target
     project: str
     group: str | int
@@ -360,7 +360,7 @@ class Config(TypedDict):
     scheduler: Scheduler
     loss: Loss
     trainer: Trainer
-    ema: NotRequired[EMA]  # ema=none and mixup=none leave their group empty
+    ema: NotRequired[EMA]  # ema=none and mixup=none leave their group empty (or null)
     mixup: NotRequired[Mixup]
     callbacks: NotRequired[Callbacks | None]
     logger: NotRequired[Loggers | None]
@@ -371,7 +371,7 @@ SCHEMA = TypeAdapter(Config)
 UNCHECKED = {
     "study": "a sweep's own tables (study.intervals, study.stems, study.draw, ...): read only through "
              "interpolations into the settings they set, which are checked",
-    "paper": "a paper's tables as data (conf/paper/xiao_table4.yaml): read only through interpolations into the "
+    "paper": "a paper's tables as data (conf/paper/*.yaml): read only through interpolations into the "
              "settings they set, which are checked",
 }
 # Nodes whose entries are components by _target_ (a user may add their own): an entry the schema does not know is
@@ -565,12 +565,12 @@ def compose(overrides: list[str], job_name: str = "vitstem") -> DictConfig:
 
 
 def values_of(cfg: DictConfig) -> dict:
-    """``cfg`` as plain containers, resolved, less Hydra's own node (``hydra``) and the empty ``ema`` / ``mixup``
-    (``ema=none``, ``mixup=none``)."""
+    """``cfg`` as plain containers, resolved, less Hydra's own node (``hydra``) and the empty or null ``ema`` /
+    ``mixup`` (``ema=none``, ``mixup=none``)."""
     # each node in place (not a masked copy): a value may interpolate any key of the config (a study's)
     values = {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
               for k in cfg if k != "hydra"}
-    return {k: v for k, v in values.items() if v != {} or k not in ("ema", "mixup")}
+    return {k: v for k, v in values.items() if v not in ({}, None) or k not in ("ema", "mixup")}
 
 
 def validate(cfg: DictConfig) -> None:

@@ -46,23 +46,27 @@ _DEIT = {"optimizer": "AdamW (0.9, 0.999)", "lr @ batch": "0.0005 @ 512", "weigh
 _I1K = {"optimizer": "AdamW (0.9, 0.999)", "lr @ batch": "0.001 @ 4096",
         "weight decay": "0.0001 on kernels only, not x lr",
         "schedule": "10000 steps warm-up from 0, cosine to 0, per step", "epochs": "300",
-        "augmentation": "crop 0.05-1 + flip 0.5, RandAugment rand-m15-n2-mmax15" + OURS, "mixup / CutMix": "0.5 / 0",
+        "augmentation": "crop 0.05-1 + flip 0.5",  # + the model's RandAugment and mixup: WORTSMAN_AUGMENT
         "smoothing": "0", "loss": "sigmoid, head bias -6.9", "EMA": "-", "precise BN": "-", "clip": "1",
         "drop path": "0", "head": "class token, tanh pre-logits", "input": "[-1, 1], 99% of train"}
 _I21K = {**_I1K, "epochs": "30", "loss": "sigmoid, head bias -10", "head": "GAP, no class token",
          "input": "[-1, 1], 99.61% of train"}
-_RANDAUG = {0: "rand-m0-n2-mmax15", 10: "rand-m10-n2-mmax15", 15: "rand-m15-n2-mmax15"}
-# big_vision per-model augmentation: RandAugment magnitude (None: off), mixup alpha (0: off)
-_I1K_MODELS = {"s32": (15, 0.2), "s16": (15, 0.5), "s8": (15, 0.5), "b32": (15, 0.5), "b16": (15, 0.5),
-               "l16": (15, 0.5)}
-_I21K_MODELS = {"s32": (None, 0), "s16": (0, 0), "b32": (10, 0.2), "b16": (10, 0.2), "l16": (15, 0.5)}
+# big_vision's per-model augmentation of Wortsman et al.'s recipes: {i1k|i21k: {model: {randaugment, mixup}}}
+WORTSMAN_AUGMENT = CONF_DIR / "paper" / "wortsman_augment.yaml"
 # Xiao et al. Table 4 (batch 2048): {model: {optimizer: {lr, weight_decay}}}, the data file the configs read too
 TABLE4 = CONF_DIR / "paper" / "xiao_table4.yaml"
 
 
-def _aug(magnitude: int | None, base: dict) -> str:
-    crop = base["augmentation"].split(",")[0]
-    return crop + (f", RandAugment {_RANDAUG[magnitude]}{OURS}" if magnitude is not None else "")
+def _wortsman(base: dict, table: str, model: str | None) -> dict[str, str]:
+    """The i1k or i21k recipe with the augmentation row of ``model`` (the recipe's own if the table lacks it)."""
+    rows = OmegaConf.load(WORTSMAN_AUGMENT)[table]
+    row = rows.get(model) or rows.default
+    randaugment = f", RandAugment {row.randaugment}{OURS}" if row.randaugment else ""
+    facts = {**base, "augmentation": base["augmentation"] + randaugment,
+             "mixup / CutMix": f"{row.mixup:g} / 0" if row.mixup else "-"}
+    if model == "vit_s8":  # in neither big_vision config: our choice
+        facts["mixup / CutMix"] += OURS
+    return facts
 
 
 def paper(name: str, choices: Mapping[str, str] = {}) -> dict[str, str]:
@@ -84,19 +88,9 @@ def paper(name: str, choices: Mapping[str, str] = {}) -> dict[str, str]:
         return dict(_DEIT)
     if name.startswith("wang_"):  # Wang et al. train with DeiT's recipe: our reading (papers.md section 2)
         return {k: v if v.endswith(OURS) else v + OURS for k, v in _DEIT.items()}
-    if name.startswith("wortsman_i21k"):
-        if m := re.fullmatch(r"wortsman_i21k_(\w+)_relu", name):
-            ra, mix = _I21K_MODELS[m[1]]
-            return {**_I21K, "augmentation": _aug(ra, _I21K), "mixup / CutMix": f"{mix:g} / 0" if mix else "-"}
-        return dict(_I21K)
     if name.startswith("wortsman_"):
-        if m := re.fullmatch(r"wortsman_(\w+)_relu", name):
-            ra, mix = _I1K_MODELS[m[1]]
-            facts = {**_I1K, "augmentation": _aug(ra, _I1K), "mixup / CutMix": f"{mix:g} / 0"}
-            if m[1] == "s8":  # in neither big_vision config: our choice
-                facts.update({k: facts[k] + OURS for k in ("mixup / CutMix",)})
-            return facts
-        return dict(_I1K)
+        return _wortsman(_I21K if name.startswith("wortsman_i21k") else _I1K, "i21k" if "i21k" in name else "i1k",
+                         choices.get("model"))
     return {}
 
 

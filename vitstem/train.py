@@ -35,7 +35,7 @@ from vitstem.scale import ddp, slurm
 if TYPE_CHECKING:
     import lightning as L
 
-    from vitstem.module import Classifier
+    from vitstem.models.classifier import Classifier
 
 # torch, timm and Lightning take seconds to import: they are imported where first needed, after the config has
 # been checked, so that --help, --cfg job and a configuration error answer at once.
@@ -51,8 +51,9 @@ def build(cfg: DictConfig, resume_step: int | None = None) -> tuple[L.LightningD
     from lightning.pytorch.callbacks import ProgressBar
 
     from vitstem.instrument import callbacks as instrument
-    from vitstem.loggers import CSVLogger
-    from vitstem.module import Classifier
+    from vitstem.runs.loggers import CSVLogger
+    from vitstem.models.classifier import Classifier
+    from vitstem.scale import environments, launcher
 
     datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
     groups = {k: OmegaConf.to_container(cfg[k], resolve=True)
@@ -66,7 +67,7 @@ def build(cfg: DictConfig, resume_step: int | None = None) -> tuple[L.LightningD
     callbacks.sort(key=lambda c: not isinstance(c, instrument.StabilityMonitor))
     if not any(isinstance(c, instrument.StabilityMonitor) for c in callbacks):
         log.warning("callbacks.stability is off: a run whose loss, gradients or weights go non-finite is not stopped")
-    plugins = slurm.lightning_plugins()  # under submitit: its processes, and Lightning's SLURM requeue off
+    plugins = environments.lightning_plugins()  # under submitit: its processes, and Lightning's SLURM requeue off
     trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers, callbacks=callbacks, default_root_dir=cfg.run_dir,
                                       **({"plugins": plugins} if plugins else {}))
     run_checkpoint = checkpointer(trainer)
@@ -78,7 +79,7 @@ def build(cfg: DictConfig, resume_step: int | None = None) -> tuple[L.LightningD
             if isinstance(logger, CSVLogger):
                 logger.resume_before(resume_step)
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-    ddp.adopt(trainer, overrides, str(cfg.run_dir), cfg.ckpt_path)
+    launcher.adopt(trainer, overrides, str(cfg.run_dir), cfg.ckpt_path)
     return datamodule, module, trainer
 
 

@@ -14,7 +14,7 @@ from tests.helpers import TINY, train
 from vitstem.config import ConfigError
 from vitstem.instrument.callbacks import StabilityMonitor, Throughput
 from vitstem.instrument.metrics import block_of
-from vitstem.module import Classifier
+from vitstem.models.classifier import Classifier
 
 N = 3  # trainer.log_every_n_steps, and so callbacks.stability.every_n_steps
 SYNCS = ("item", "cpu", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index__")

@@ -111,7 +111,7 @@ def test_the_wortsman_experiments_fit_an_80_gb_gpu_at_the_recipe_batch(experimen
     from omegaconf import OmegaConf
 
     from tests.helpers import compose_config
-    from vitstem.module import create_model
+    from vitstem.models.classifier import create_model
 
     cfg = compose_config([f"experiment={experiment}", "trainer.precision=bf16-mixed"])
     batch, accumulate = cfg.data.loader.batch_size, cfg.trainer.accumulate_grad_batches

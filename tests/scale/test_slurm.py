@@ -17,7 +17,7 @@ import torch
 
 from tests.helpers import TINY, compose_config, train
 from vitstem.train import Interrupted
-from vitstem.scale import slurm
+from vitstem.scale import environments, slurm
 
 SLURM_TASK = {"SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1", "SLURM_NNODES": "1", "SLURM_PROCID": "0",
               "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "vitstem-test"}
@@ -156,7 +156,7 @@ def test_requeue_comes_after_the_checkpoint_of_the_stopped_step(tmp_path, monkey
 
 def test_no_plugins_and_no_handler_outside_submitit(monkeypatch):
     monkeypatch.delenv("SUBMITIT_EXECUTOR", raising=False)
-    assert slurm.lightning_plugins() == [] and slurm.requeue_signals() == ()
+    assert environments.lightning_plugins() == [] and slurm.requeue_signals() == ()
     assert not slurm.defer_requeue(signal.SIGUSR2, lambda sig, frame: None) and not slurm.requeue_pending()
 
 
@@ -164,7 +164,7 @@ def test_local_environment_reads_ranks_from_submitit(monkeypatch):
     for k, v in {"SUBMITIT_EXECUTOR": "local", "SUBMITIT_LOCAL_JOB_ID": "31337", "SUBMITIT_LOCAL_NTASKS": "2",
                  "SUBMITIT_LOCAL_GLOBALID": "1", "SUBMITIT_LOCAL_LOCALID": "1"}.items():
         monkeypatch.setenv(k, v)
-    [env] = slurm.lightning_plugins()
+    [env] = environments.lightning_plugins()
     assert (env.world_size(), env.global_rank(), env.local_rank(), env.node_rank()) == (2, 1, 1, 0)
     assert env.creates_processes_externally and env.main_port == 15000 + 31337 % 20000
     env.validate_settings(num_devices=2, num_nodes=1)

@@ -137,7 +137,7 @@ def log_wandb(out_dir: Path, sweep: dict, summary: list[dict], images: dict[str,
     folder."""
     import wandb
 
-    from vitstem.loggers import wandb_offline_reason
+    from vitstem.runs.loggers import wandb_offline_reason
 
     offline = wandb_offline_reason() is not None  # decided before wandb calls out: a hung server never holds it
     run = wandb.init(project=project, group=sweep["name"], job_type="analysis", name=f"{sweep['name']}-analysis",

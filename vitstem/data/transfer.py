@@ -4,7 +4,7 @@
   SLURM launcher), else this process's CPUs (``os.sched_getaffinity``) shared by the ranks of this node (Lightning
   starts them from one process). ``data.loader.num_workers: auto`` is that less one (the training loop's),
   at most :data:`MAX_WORKERS`, on a GPU; 0 on a CPU, where workers would take the cores the training step computes
-  on. :meth:`vitstem.module.Classifier.setup` caps each rank's torch threads at it (unless ``OMP_NUM_THREADS`` is set):
+  on. :meth:`vitstem.models.classifier.Classifier.setup` caps each rank's torch threads at it (unless ``OMP_NUM_THREADS`` is set):
   ranks that vitstem's DDP launcher starts do not get Lightning's cap, and 8 ranks of an all-core OpenMP pool each
   would oversubscribe the node.
 - **uint8 transfer** (``data.loader.normalize_on_device``, auto: on a GPU): a transform that ends in

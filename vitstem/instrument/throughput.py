@@ -41,7 +41,7 @@ class Throughput(L.Callback):
         self.available = self.peak_flops or peak_flops(device, compute_dtype(trainer.precision))
         hp = getattr(pl_module, "hparams", {})
         if {"model", "num_classes", "img_size"} <= set(hp):
-            from vitstem.module import create_model
+            from vitstem.models.classifier import create_model
 
             try:
                 self.flops_per_image = train_flops_per_image(

@@ -274,7 +274,7 @@ class RunCheckpoint(L.Callback):
     def save(self, trainer) -> None:
         """Write ``last.ckpt``: flush the CSV log, snapshot the state to the CPU, write it in the background
         into a temporary file and rename it (atomic: a kill never leaves half a file)."""
-        from vitstem.loggers import CSVLogger
+        from vitstem.runs.loggers import CSVLogger
 
         self.wait()  # one write at a time; the previous one is complete before its successor starts
         for logger in trainer.loggers:
@@ -336,7 +336,7 @@ class RunCheckpoint(L.Callback):
     def _restore_logs(self, trainer) -> None:
         """metrics.csv cut to the rows the checkpoint held; the last logged values set again (what a run resumed
         from the checkpoint after its last step reports: Lightning then skips training, on_train_start included)."""
-        from vitstem.loggers import CSVLogger
+        from vitstem.runs.loggers import CSVLogger
 
         if trainer.ckpt_path is None or self._restored:
             return

@@ -31,7 +31,7 @@ from vitstem.scale import ddp
 if TYPE_CHECKING:
     import lightning as L
 
-    from vitstem.module import Classifier
+    from vitstem.models.classifier import Classifier
     from vitstem.runs.checkpoint import RunCheckpoint
 
 log = logging.getLogger("vitstem")
@@ -97,7 +97,7 @@ class RunRecord:
         elif e is not None and (_sigterm(e) or stopped):  # Ctrl-C twice: Lightning's SystemExit after our stop
             self.status, self.error, swallow = "interrupted", f"stopped by {stopped or 'SIGTERM'}", True
         elif e is not None:
-            self.error = ddp.launcher_failure(self.trainer) or f"{type(e).__name__}: {e}"
+            self.error = _launcher_failure(self.trainer) or f"{type(e).__name__}: {e}"
             if isinstance(e, OSError) and e.errno in _FULL:
                 self.error = f"cannot write {_written_file(e, tb) or 'in ' + str(self.run_dir)}: {e.strerror} (disk " \
                              "full or a file size limit?): free space and run the same command again to resume"
@@ -137,9 +137,19 @@ class RunRecord:
                 print_summary(self.results)
         finally:
             if "wandb" in sys.modules:  # no wandb run can be open if wandb was never imported
-                from vitstem.loggers import finish_wandb
+                from vitstem.runs.loggers import finish_wandb
                 finish_wandb(failed=self.status == "failed")
-            ddp.join_ranks(self.trainer)
+            if self.trainer is not None:  # Lightning is imported already: the launcher module costs nothing more
+                from vitstem.scale.launcher import join_ranks
+                join_ranks(self.trainer)
+
+
+def _launcher_failure(trainer) -> str | None:
+    """Why a rank of this job died, if one did (none without a trainer)."""
+    if trainer is None:
+        return None
+    from vitstem.scale.launcher import launcher_failure
+    return launcher_failure(trainer)
 
 
 _FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)

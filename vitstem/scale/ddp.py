@@ -4,8 +4,8 @@ Lightning starts ranks 1..N-1 of a node by running the command line again (``_Su
 under Hydra with ``hydra.run.dir`` set to the parent's run folder). Inside ``vitstem-train -m`` that command
 is the whole multirun, so a child re-runs the sweep in a second sweep folder and only pairs with rank 0 by
 walking the same job list in lockstep (Lightning issue 11300). :class:`JobLauncher` replaces the launcher
-of a trainer (:func:`adopt`; the class is in :mod:`vitstem.scale.launcher`, which imports Lightning, so that
-this module stays light for the command line's start-up) and fixes three things:
+of a trainer (:func:`vitstem.scale.launcher.adopt`; the launcher module imports Lightning, this one stays light for
+the command line's start-up and is imported by it, never the other way round) and fixes three things:
 
 - **The child command** runs this one job in run mode: ``python -m vitstem.train <the job's own
   overrides> run_dir=<job folder> ckpt_path=<the checkpoint rank 0 resumes, or null>
@@ -75,34 +75,6 @@ def child_command(task_overrides: list[str], run_dir: str, ckpt_path: str | None
     return [sys.executable, "-m", "vitstem.train", *_config_flags(argv[1:]), *overrides,
             f"run_dir={_quote(run_dir)}", f"ckpt_path={_quote(ckpt_path) if ckpt_path else 'null'}", "retrain=false",
             f"hydra.run.dir={_quote(run_dir)}", "hydra.output_subdir=null", f"hydra.job.name=ddp_rank{local_rank}"]
-
-
-def adopt(trainer, task_overrides: list[str], run_dir: str, ckpt_path: str | None) -> None:
-    """Give ``trainer`` a :class:`JobLauncher` if it would start ranks with Lightning's subprocess launcher."""
-    from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
-
-    from vitstem.scale.launcher import JobLauncher
-
-    launcher = getattr(trainer.strategy, "_launcher", None)
-    if type(launcher) is _SubprocessScriptLauncher:
-        trainer.strategy._launcher = JobLauncher(launcher.cluster_environment, launcher.num_processes,
-                                                 launcher.num_nodes, task_overrides, run_dir, ckpt_path)
-
-
-def launcher_failure(trainer) -> str | None:
-    """Why a rank of this job died, if one did."""
-    return getattr(getattr(trainer.strategy, "_launcher", None), "failure", None) if trainer is not None else None
-
-
-def join_ranks(trainer) -> None:
-    """Wait for the ranks this process started (after the job, so that none is left behind)."""
-    if trainer is None:
-        return
-    from vitstem.scale.launcher import JobLauncher  # Lightning is imported already: a trainer exists
-
-    launcher = getattr(trainer.strategy, "_launcher", None)
-    if isinstance(launcher, JobLauncher):
-        launcher.join()
 
 
 def fresh_process_state() -> None:

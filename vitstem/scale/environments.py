@@ -87,3 +87,14 @@ class SubmititLocalEnvironment(ClusterEnvironment):
         if num_devices * num_nodes != self.world_size():
             raise ValueError(f"trainer.devices={num_devices} x trainer.num_nodes={num_nodes} processes, but the job "
                              f"has {self.world_size()} tasks: set hydra.launcher.tasks_per_node={num_devices}")
+
+
+def lightning_plugins() -> list:
+    """The trainer's cluster environment under submitit (none elsewhere: Lightning picks its own)."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    if executor() == "slurm":
+        return [SLURMEnvironment(auto_requeue=False)]
+    if executor() == "local":
+        return [SubmititLocalEnvironment()]
+    return []

@@ -113,3 +113,23 @@ class JobLauncher(_SubprocessScriptLauncher):
             log.warning("could not abort the process group (%s: %s)", type(e).__name__, e)
             return False
         return True
+
+
+def adopt(trainer, task_overrides: list[str], run_dir: str, ckpt_path: str | None) -> None:
+    """Give ``trainer`` a :class:`JobLauncher` if it would start ranks with Lightning's subprocess launcher."""
+    launcher = getattr(trainer.strategy, "_launcher", None)
+    if type(launcher) is _SubprocessScriptLauncher:
+        trainer.strategy._launcher = JobLauncher(launcher.cluster_environment, launcher.num_processes,
+                                                 launcher.num_nodes, task_overrides, run_dir, ckpt_path)
+
+
+def launcher_failure(trainer) -> str | None:
+    """Why a rank of this job died, if one did."""
+    return getattr(getattr(trainer.strategy, "_launcher", None), "failure", None) if trainer is not None else None
+
+
+def join_ranks(trainer) -> None:
+    """Wait for the ranks this process started (after the job, so that none is left behind)."""
+    launcher = getattr(getattr(trainer, "strategy", None), "_launcher", None)
+    if isinstance(launcher, JobLauncher):
+        launcher.join()

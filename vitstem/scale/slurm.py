@@ -6,8 +6,8 @@
 training with that job's overrides) into the job's run folder. ``hydra/launcher=local`` does the same on this
 machine with submitit's local executor (one process per task, no SLURM), for trying it out.
 
-**Processes.** The launcher starts the processes, so Lightning must not start more: :func:`lightning_plugins`
-gives the trainer its cluster environment, Lightning's ``SLURMEnvironment`` on SLURM (ranks from
+**Processes.** The launcher starts the processes, so Lightning must not start more:
+:func:`vitstem.scale.environments.lightning_plugins` gives the trainer its cluster environment, Lightning's ``SLURMEnvironment`` on SLURM (ranks from
 ``SLURM_PROCID`` / ``SLURM_LOCALID`` / ``SLURM_NODEID``, rendezvous on the first node, port from the job id)
 and :class:`SubmititLocalEnvironment` locally. ``trainer.devices`` must equal ``tasks_per_node`` and
 ``trainer.num_nodes`` the job's nodes (both environments check it before training).
@@ -75,19 +75,6 @@ def require_launcher_plugin(args: list[str]) -> None:
 def executor() -> str | None:
     """``"slurm"`` or ``"local"`` inside a job that submitit started, else None."""
     return os.environ.get("SUBMITIT_EXECUTOR") or None
-
-
-def lightning_plugins() -> list:
-    """The trainer's cluster environment under submitit (none elsewhere: Lightning picks its own)."""
-    from lightning.fabric.plugins.environments import SLURMEnvironment
-
-    from vitstem.scale.environments import SubmititLocalEnvironment
-
-    if executor() == "slurm":
-        return [SLURMEnvironment(auto_requeue=False)]
-    if executor() == "local":
-        return [SubmititLocalEnvironment()]
-    return []
 
 
 def requeue_signals() -> tuple[str, ...]:

@@ -39,8 +39,6 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from scipy.stats import qmc
 
-import vitstem.resolvers  # noqa: F401  (the study configs' resolvers)
-
 log = logging.getLogger("vitstem")
 
 

@@ -1,4 +1,4 @@
-"""Regularisation recipes of vitstem.module.Classifier: weight EMA, mixup / CutMix, compile, composition."""
+"""Regularisation recipes of vitstem.models.classifier.Classifier: weight EMA, mixup / CutMix, compile, composition."""
 from __future__ import annotations
 
 import csv
@@ -9,10 +9,10 @@ import lightning as L
 import pytest
 import torch
 from omegaconf import open_dict
-from vitstem.loss import SoftmaxCrossEntropy
+from vitstem.models.loss import SoftmaxCrossEntropy
 
 from tests.helpers import TINY, compose_config, train
-from vitstem.module import ema_decay
+from vitstem.models.classifier import ema_decay
 from vitstem.train import build
 
 
@@ -170,7 +170,7 @@ def test_channels_last_is_set_before_the_strategy_wraps_the_model(tmp_path, monk
 
 def test_full_fp32_on_a_gpu_is_said_once(caplog, monkeypatch):
     """The precision default falls back to 32-true without an NVIDIA device file; on a GPU that is said, once."""
-    from vitstem import module as vm
+    from vitstem.models import classifier as vm
 
     monkeypatch.setattr(vm, "_WARNED", set())
     with caplog.at_level("WARNING", logger="vitstem"):

@@ -8,7 +8,7 @@ import pytest
 from lightning.pytorch.loggers import WandbLogger
 
 from tests.helpers import TINY, compose_config, train
-from vitstem.loggers import CSVLogger, finish_wandb, wandb_logger, wandb_run_id
+from vitstem.runs.loggers import CSVLogger, finish_wandb, wandb_logger, wandb_run_id
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from vitstem.config import ConfigError
 from vitstem.data.transfer import rank_cpus
 import vitstem.models  # noqa: F401  (registers the model zoo)
-from vitstem.loss import init_head_bias
+from vitstem.models.loss import init_head_bias
 from vitstem.models import memory
 from vitstem.optim import build_optimizer, build_scheduler, fit_warmup, param_groups, warmup_steps
 
@@ -79,7 +79,7 @@ class EMA(ModelEmaV3):
 class Classifier(L.LightningModule):
     """Image classification; logs loss, lr, top-1 / top-5 accuracy (percent).
 
-    - ``loss`` (``conf/loss``, :mod:`vitstem.loss`): softmax or sigmoid cross-entropy, with label smoothing
+    - ``loss`` (``conf/loss``, :mod:`vitstem.models.loss`): softmax or sigmoid cross-entropy, with label smoothing
       of hard labels and an optional initial head bias; validation reports the same loss.
     - ``mixup`` (``conf/mixup``): a ``timm.data.Mixup`` applied to each training batch (mixup or CutMix,
       Zhang et al. 2018 / Yun et al. 2019); the loss takes its soft targets, label smoothing included.

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import vitstem  # noqa: F401
 from tests.helpers import TINY, compose_config, train
-from vitstem.loss import SigmoidCrossEntropy, SoftmaxCrossEntropy, dense_targets, init_head_bias
+from vitstem.models.loss import SigmoidCrossEntropy, SoftmaxCrossEntropy, dense_targets, init_head_bias
 
 
 def test_softmax_ce_matches_torch_with_smoothing_and_takes_soft_targets():
