@@ -72,6 +72,7 @@ def time_vitstem(cfg, steps: int, warmup: int) -> list[float]:
     """Step times of ``steps`` steps of vitstem's path (after ``warmup``), trained on one batch in memory."""
     import lightning as L
     from omegaconf import open_dict
+
     from vitstem.train import build
 
     with open_dict(cfg), tempfile.TemporaryDirectory() as tmp:
@@ -102,10 +103,11 @@ def time_plain(cfg, steps: int, warmup: int) -> list[float]:
     import torch
     from omegaconf import OmegaConf
     from timm.utils import ModelEmaV3
-    from vitstem.models.loss import init_head_bias
-    from vitstem.models.classifier import create_model
-    from vitstem.optim import build_optimizer, build_scheduler, fit_warmup
+
     from vitstem.instrument.metrics import compute_dtype
+    from vitstem.models.classifier import create_model
+    from vitstem.models.loss import init_head_bias
+    from vitstem.optim import build_optimizer, build_scheduler, fit_warmup
 
     device = torch.device("cuda" if cfg.trainer.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
                           else "cpu")
@@ -163,6 +165,7 @@ def cost(cfg) -> tuple[int, float | None]:
     device's peak FLOP/s at the run's precision (None on CPU): for MFU."""
     import torch
     from omegaconf import OmegaConf
+
     from vitstem.instrument.metrics import compute_dtype, peak_flops, train_flops_per_image
     from vitstem.models.classifier import create_model
 
@@ -176,6 +179,7 @@ def cost(cfg) -> tuple[int, float | None]:
 def memory_estimate(cfg, devices: int | None = None):
     """The estimated peak of one device for ``cfg`` (eager, at its batch and precision; DDP buckets if several)."""
     from omegaconf import OmegaConf
+
     from vitstem.models import memory
     from vitstem.models.classifier import create_model
 

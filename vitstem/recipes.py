@@ -14,7 +14,6 @@ file (conf/paper/xiao_table4.yaml; tests/test_recipes.py checks it); the exit st
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from collections.abc import Mapping
 

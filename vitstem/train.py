@@ -51,8 +51,8 @@ def build(cfg: DictConfig, resume_step: int | None = None) -> tuple[L.LightningD
     from lightning.pytorch.callbacks import ProgressBar
 
     from vitstem.instrument import callbacks as instrument
-    from vitstem.runs.loggers import CSVLogger
     from vitstem.models.classifier import Classifier
+    from vitstem.runs.loggers import CSVLogger
     from vitstem.scale import environments, launcher
 
     datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")

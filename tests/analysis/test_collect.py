@@ -48,7 +48,7 @@ def test_interrupted_is_pending_and_unreadable_results_fail(sweep):
     assert (rows["0"]["status"], rows["0"]["state"]) == ("interrupted", "pending")
     assert rows["2"]["state"] == "failed" and rows["2"]["message"].startswith("unreadable results.json")
     assert rows["2"]["model"] == "vit_p_32"                     # overrides from .hydra/overrides.yaml
-    assert rows["4"]["state"] == "failed" and "not a JSON object" in rows["4"]["message"]
+    assert rows["4"]["state"] == "failed" and "not a vitstem results record" in rows["4"]["message"]
 
 
 def test_find_jobs_skips_the_analysis_folder_and_sorts_naturally(sweep):

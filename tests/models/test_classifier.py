@@ -9,10 +9,10 @@ import lightning as L
 import pytest
 import torch
 from omegaconf import open_dict
-from vitstem.models.loss import SoftmaxCrossEntropy
 
 from tests.helpers import TINY, compose_config, train
 from vitstem.models.classifier import ema_decay
+from vitstem.models.loss import SoftmaxCrossEntropy
 from vitstem.train import build
 
 

@@ -68,6 +68,7 @@ def test_precise_bn_off_in_sanity_check_and_a_no_op_without_batchnorm():
 def test_progress_bar_reads_the_metrics_every_n_steps_only(monkeypatch):
     """Reading the logged loss is a device sync: Lightning's bar does it every step, ours every N."""
     from lightning.pytorch.callbacks import RichProgressBar
+
     from vitstem.runs.progress import ProgressBar
     reads = []
     monkeypatch.setattr(RichProgressBar, "_update_metrics", lambda self, trainer, module: reads.append(1))

@@ -6,9 +6,9 @@ import timm
 import torch
 
 from tests.helpers import TINY, run_cli, train
-from vitstem.runs.restore import check_resumable, init_weights, load_checkpoint
 from vitstem.config import ConfigError
 from vitstem.models.classifier import create_model
+from vitstem.runs.restore import check_resumable, init_weights, load_checkpoint
 
 TINY_MODEL = dict(name="vit_p_32", depth=1, embed_dim=32, num_heads=2)  # the model of TINY, 10 classes at 16 px
 

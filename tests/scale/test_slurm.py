@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from tests.helpers import TINY, compose_config, train
-from vitstem.train import Interrupted
 from vitstem.scale import environments, slurm
+from vitstem.train import Interrupted
 
 SLURM_TASK = {"SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1", "SLURM_NNODES": "1", "SLURM_PROCID": "0",
               "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "vitstem-test"}

@@ -25,7 +25,6 @@ zero fraction, per block over epochs), also in ``report.html``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -34,8 +33,18 @@ from vitstem.analysis import plots
 from vitstem.analysis.claims import CLAIM_COLUMNS, check_all, load_claims
 from vitstem.analysis.collect import ANALYSIS, METRICS, AnalysisError, collect, read_blocks
 from vitstem.analysis.edf import summarize
-from vitstem.analysis.report import (RUN_COLUMNS, SUMMARY_COLUMNS, claims_text, details, headline, html_report,
-                                     log_wandb, text_table, write_csv)
+from vitstem.analysis.report import (
+    RUN_COLUMNS,
+    SUMMARY_COLUMNS,
+    claims_text,
+    details,
+    headline,
+    html_report,
+    log_wandb,
+    text_table,
+    write_csv,
+)
+from vitstem.runs.results import ResultsError, read_results
 
 
 def job_figures(sweep: dict, job: str) -> dict:
@@ -44,7 +53,10 @@ def job_figures(sweep: dict, job: str) -> dict:
     if row is None or row["dir"] is None:
         found = [r["job"] for r in sweep["rows"] if r["dir"] is not None]
         raise AnalysisError(f"--job {job}: no such job folder; the jobs with folders are {', '.join(found) or 'none'}")
-    results = read_results(row["dir"])
+    try:
+        results = read_results(row["dir"]) or {}
+    except ResultsError:  # counted as unreadable in the report already: the curves need only metrics.csv
+        results = {}
     spikes = sorted({e["step"] for e in results.get("spikes") or [] if e.get("kind") == "grad"})
     marks = {"gradient spike": spikes, "diverged": [results["diverged_at_step"]] if results.get("diverged_at_step")
              is not None else []}
@@ -65,13 +77,6 @@ def job_figures(sweep: dict, job: str) -> dict:
             read_blocks(row["dir"], attention, by="epoch"), f"{name}: attention {attention.split('/')[1]}", "epoch",
             {"attention/entropy/": "mean entropy per query (nats)"}.get(attention, "fraction of zero weights"))),
     }
-
-
-def read_results(job_dir: Path) -> dict:
-    try:
-        return json.loads((job_dir / "results.json").read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def study_config(sweep: dict, form: str | None):

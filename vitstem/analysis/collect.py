@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import csv
 import itertools
-import json
 import re
 from pathlib import Path
 
 from omegaconf import OmegaConf
+
+from vitstem.runs.results import ResultsError, read_results
 
 ANALYSIS = "analysis"
 # Keys a random sweep sets per job besides the sampled values; never grouping keys.
@@ -128,15 +129,11 @@ def read_job(sweep_dir: Path, job_dir: Path, metric: str = "auto") -> dict:
     """The row of one job folder: from ``results.json`` if there is one, else from ``.hydra/overrides.yaml``."""
     name = job_dir.relative_to(sweep_dir).as_posix()
     results, message, overrides = None, None, []
-    path = job_dir / "results.json"
-    if path.is_file():
-        try:
-            results = json.loads(path.read_text())
-            if not isinstance(results, dict):
-                raise ValueError("not a JSON object")
-            overrides = results.get("overrides") or []
-        except (OSError, ValueError) as e:
-            results, message = None, f"unreadable results.json: {e}"
+    try:
+        results = read_results(job_dir)  # None: no results.json yet
+        overrides = (results or {}).get("overrides") or []
+    except ResultsError as e:
+        results, message = None, f"unreadable results.json: {e}"
     hydra_overrides = job_dir / ".hydra" / "overrides.yaml"
     if not overrides and hydra_overrides.is_file():
         try:

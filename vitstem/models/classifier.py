@@ -15,11 +15,11 @@ from timm.utils import ModelEmaV3
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+import vitstem.models  # noqa: F401  (registers the model zoo)
 from vitstem.config import ConfigError
 from vitstem.data.transfer import rank_cpus
-import vitstem.models  # noqa: F401  (registers the model zoo)
-from vitstem.models.loss import init_head_bias
 from vitstem.models import memory
+from vitstem.models.loss import init_head_bias
 from vitstem.optim import build_optimizer, build_scheduler, fit_warmup, param_groups, warmup_steps
 
 log = logging.getLogger("vitstem")

@@ -9,7 +9,6 @@ from lightning.fabric.plugins.environments import ClusterEnvironment
 
 from vitstem.scale.slurm import executor
 
-
 _HELD: list = []  # the GPU locks this process holds, for its life
 
 
