@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 
 from tests.helpers import compose_config, train
 from vitstem.config import validate
+from vitstem.train import module_groups
 from vitstem.paths import CONF_DIR
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
@@ -43,8 +44,7 @@ def test_experiment_composes_validates_and_trains_a_step(name):
     cfg = composed(name, *SHRINK)
     validate(cfg)
     data = hydra.utils.instantiate(cfg.data, _convert_="all")
-    groups = {k: OmegaConf.to_container(cfg[k], resolve=True)
-              for k in ("model", "optimizer", "weight_decay", "scheduler", "loss", "mixup", "ema")}
+    groups = module_groups(cfg)
     module = Classifier(**groups, num_classes=data.num_classes, img_size=data.img_size)
     optimizer, rows = build_optimizer(module.model, groups["optimizer"], groups["weight_decay"], 8)
     assert len(rows) == sum(p.requires_grad for p in module.model.parameters())  # every parameter in a group

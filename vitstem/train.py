@@ -46,6 +46,15 @@ warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
 warnings.filterwarnings("ignore", message=".*LeafSpec.*")
 
 
+MODULE_GROUPS = ("model", "optimizer", "weight_decay", "scheduler", "loss", "mixup", "ema")
+
+
+def module_groups(cfg: DictConfig) -> dict:
+    """The config groups :class:`~vitstem.models.classifier.Classifier` takes, as plain dicts (an empty or null
+    ``mixup`` / ``ema``: none)."""
+    return {k: OmegaConf.to_container(cfg[k], resolve=True) if cfg[k] is not None else None for k in MODULE_GROUPS}
+
+
 def build(cfg: DictConfig, resume_step: int | None = None) -> tuple[L.LightningDataModule, Classifier, L.Trainer]:
     """Everything a run needs, built (and so checked) before any compute starts."""
     from lightning.pytorch.callbacks import ProgressBar
@@ -56,9 +65,7 @@ def build(cfg: DictConfig, resume_step: int | None = None) -> tuple[L.LightningD
     from vitstem.scale import environments, launcher
 
     datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
-    groups = {k: OmegaConf.to_container(cfg[k], resolve=True)
-              for k in ("model", "optimizer", "weight_decay", "scheduler", "loss", "mixup", "ema")}
-    module = Classifier(**groups, compile=cfg.compile, num_classes=datamodule.num_classes, img_size=datamodule.img_size)
+    module = Classifier(**module_groups(cfg), compile=cfg.compile, num_classes=datamodule.num_classes, img_size=datamodule.img_size)
     loggers = [hydra.utils.instantiate(c) for c in (cfg.logger or {}).values() if c is not None]
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None]
     if not cfg.trainer.get("enable_progress_bar", True):  # one switch turns any progress bar off

@@ -48,7 +48,7 @@ def test_workers_per_rank_come_from_the_cpus_the_job_has(cpus, monkeypatch):
 
 def test_every_rank_caps_its_threads_at_its_cpus(cpus, monkeypatch, tmp_path):
     """vitstem's DDP launcher skips Lightning's per-rank thread cap: each rank caps itself in the module's setup."""
-    from tests.test_ema_mixup import build_tiny
+    from tests.models.test_classifier import build_tiny
 
     _, module, trainer = build_tiny([], tmp_path)
     calls = []

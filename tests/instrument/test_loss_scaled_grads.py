@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from tests.test_ema_mixup import build_tiny
+from tests.models.test_classifier import build_tiny
 from vitstem.instrument.callbacks import StabilityMonitor
 from vitstem.instrument.metrics import total_norm
 
