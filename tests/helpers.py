@@ -1,9 +1,13 @@
 """Test helpers: compose the real Hydra config and run ``vitstem-train`` in-process on tiny settings."""
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -53,6 +57,59 @@ def run_cli(*args, cwd, timeout: float = 300, env: dict | None = None):
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO), **(env or {})}
     return subprocess.run([sys.executable, "-m", "vitstem.train", *args], capture_output=True, text=True, cwd=cwd,
                           env=env, timeout=timeout)
+
+
+@dataclass
+class Completed:
+    """What :func:`run_app` returns: the fields of ``subprocess.CompletedProcess`` that the tests read."""
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_app(*args, cwd) -> Completed:
+    """``vitstem-train <args>`` in this process: the console entry point with ``sys.argv`` set, so Hydra's app, its
+    callbacks, the sweeper, the messages and the exit code are the command line's, without the seconds a new
+    process takes to import torch and Lightning. For what only a process has (a signal, a kill, a resource limit,
+    what is imported at start-up), use :func:`run_cli`."""
+    from vitstem import train as app
+
+    out, err = io.StringIO(), io.StringIO()
+    argv, here, logging_state = sys.argv, os.getcwd(), _logging_state()
+    code = 0
+    try:
+        os.chdir(cwd)
+        sys.argv = ["vitstem-train", *map(str, args)]
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                app.main()
+            except SystemExit as e:  # as the interpreter ends a process: a message goes to stderr, exit code 1
+                if isinstance(e.code, str):
+                    print(e.code, file=sys.stderr)
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        sys.argv = argv
+        os.chdir(here)
+        _restore_logging(logging_state)  # Hydra configured logging for the job: pytest's capture is put back
+        GlobalHydra.instance().clear()
+    return Completed(code, out.getvalue(), err.getvalue())
+
+
+def _logging_state():
+    loggers = [logging.getLogger(), *(v for v in logging.Logger.manager.loggerDict.values()
+                                      if isinstance(v, logging.Logger))]
+    return [(lg, lg.level, list(lg.handlers), lg.propagate, lg.disabled) for lg in loggers]
+
+
+def _restore_logging(state) -> None:
+    for lg, level, handlers, propagate, disabled in state:
+        for h in lg.handlers:
+            if h not in handlers:
+                with contextlib.suppress(Exception):
+                    h.close()
+        lg.setLevel(level)
+        lg.handlers[:] = handlers
+        lg.propagate, lg.disabled = propagate, disabled
 
 
 class SignalAt(L.Callback):

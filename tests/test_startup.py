@@ -1,4 +1,4 @@
-"""The command-line layer imports no heavy library (torch, timm, Lightning) before the config is checked; the
+"""The command-line layer imports no heavy library (torch, timm, Lightning, scipy) before the config is checked; the
 models still register with timm whenever timm is imported. (The seconds are benchmarks/, not tests.)"""
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import pytest
 CODE = """
 import sys
 import vitstem.train, vitstem.recipes, vitstem.bench, vitstem.data.shard_cli
-print(sorted(m for m in ("torch", "timm", "lightning", "torchvision") if m in sys.modules))
+import hydra_plugins.vitstem_sweeper  # Hydra's plugin scan imports it at every start
+print(sorted(m for m in ("torch", "timm", "lightning", "torchvision", "scipy", "matplotlib") if m in sys.modules))
 import timm  # vitstem was imported first: its hook registers the zoo now
 print(timm.is_model("vit_c_4gf"), timm.is_model("vit_s8"))
 """

@@ -6,7 +6,7 @@ import pytest
 import torch
 from hydra.errors import MissingConfigException
 
-from tests.helpers import TINY, compose_config, run_cli, train
+from tests.helpers import TINY, compose_config, run_app, run_cli, train
 from vitstem.config import unlisted_keys, validate, values_of
 from vitstem.paths import CONF_DIR
 
@@ -110,7 +110,7 @@ def test_unknown_group_option_names_the_choices():
     ("model/stem=conv_xiao_4gf", "multiply to 16, not patch_size=4"),
 ])
 def test_bad_override_fails_before_training(tmp_path, override, message):
-    proc = run_cli(override, f"hydra.run.dir={tmp_path}", cwd=tmp_path)
+    proc = run_app(override, f"hydra.run.dir={tmp_path}", cwd=tmp_path)
     assert proc.returncode != 0
     assert message in proc.stderr
     results = json.loads((tmp_path / "results.json").read_text())

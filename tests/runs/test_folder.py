@@ -7,7 +7,7 @@ import sys
 import pytest
 from omegaconf import OmegaConf, open_dict
 
-from tests.helpers import TINY, compose_config, run_cli, train
+from tests.helpers import TINY, compose_config, run_app, run_cli, train
 from vitstem.config import ConfigError
 from vitstem.paths import CONF_DIR
 from vitstem.resolvers import dirname
@@ -111,22 +111,22 @@ def test_resuming_a_checkpoint_of_another_model_fails_before_compute(tmp_path):
 @pytest.mark.e2e
 def test_the_cli_refuses_other_settings_and_rewrites_nothing(tmp_path):
     run_dir = tmp_path / "R"
-    assert run_cli(*TINY, f"hydra.run.dir={run_dir}", cwd=tmp_path).returncode == 0
+    assert run_app(*TINY, f"hydra.run.dir={run_dir}", cwd=tmp_path).returncode == 0
     kept = {p: p.read_bytes() for p in [run_dir / "results.json", *sorted((run_dir / ".hydra").iterdir())]}
-    refused = run_cli(*TINY, "optimizer.lr=0.5", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    refused = run_app(*TINY, "optimizer.lr=0.5", f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert refused.returncode == 1
     assert refused.stderr.strip().splitlines()[-1] == (
         f"vitstem-train: run folder {run_dir} holds a run with other settings (optimizer.lr: 0.002 -> 0.5); pick "
         "another folder (name=... or hydra.run.dir=...) or train afresh beside it with retrain=true")
     assert {p: p.read_bytes() for p in kept} == kept
-    display = run_cli(*TINY, "trainer.enable_progress_bar=true", "name=shown", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    display = run_app(*TINY, "trainer.enable_progress_bar=true", "name=shown", f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert display.returncode == 0 and "not retrained" in display.stderr + display.stdout
     assert (run_dir / "results.json").read_bytes() == kept[run_dir / "results.json"]
     (run_dir / "results.json").write_text("{")
-    corrupt = run_cli(*TINY, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    corrupt = run_app(*TINY, f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert corrupt.returncode == 1 and corrupt.stderr.strip().splitlines()[-1].startswith(
         f"vitstem-train: {run_dir / 'results.json'} cannot be read (JSONDecodeError")
-    again = run_cli(*TINY, "retrain=true", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    again = run_app(*TINY, "retrain=true", f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
     assert json.loads((tmp_path / "R-retrain1" / "results.json").read_text())["status"] == "finished"
 
@@ -134,23 +134,19 @@ def test_the_cli_refuses_other_settings_and_rewrites_nothing(tmp_path):
 @pytest.mark.e2e
 def test_a_sweep_rerun_with_another_grid_is_refused_before_anything_is_written(tmp_path):
     sweep = [*TINY, f"hydra.sweep.dir={tmp_path / 'S'}"]
-    first = subprocess.run([sys.executable, "-m", "vitstem.train", "-m", *sweep, "optimizer.lr=1e-3,1e-4"],
-                           capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    first = run_app("-m", *sweep, "optimizer.lr=1e-3,1e-4", cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-2000:]
     kept = {p: p.read_bytes() for p in sorted((tmp_path / "S").rglob("*")) if p.is_file() and ".lock" not in p.name}
-    changed = subprocess.run([sys.executable, "-m", "vitstem.train", "-m", *sweep, "optimizer.lr=5e-3,1e-4"],
-                             capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    changed = run_app("-m", *sweep, "optimizer.lr=5e-3,1e-4", cwd=tmp_path)
     assert changed.returncode == 1
     assert changed.stderr.strip().splitlines()[-1] == (
         f"vitstem-train: sweep error: job 0: run folder {tmp_path / 'S' / '0'} holds a run with other settings "
         "(optimizer.lr: 0.001 -> 0.005); pick another folder (name=... or hydra.run.dir=...) or train afresh beside "
         "it with retrain=true")
     assert {p: p.read_bytes() for p in kept} == kept  # multirun.yaml, .hydra/overrides.yaml, results.json: untouched
-    shown = subprocess.run([sys.executable, "-m", "vitstem.train", "-m", *sweep, "optimizer.lr=1e-3,1e-4",
-                            "trainer.enable_progress_bar=true"], capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    shown = run_app("-m", *sweep, "optimizer.lr=1e-3,1e-4", "trainer.enable_progress_bar=true", cwd=tmp_path)
     assert shown.returncode == 0 and (shown.stdout + shown.stderr).count("not retrained") == 2, shown.stderr[-2000:]
-    retrained = subprocess.run([sys.executable, "-m", "vitstem.train", "-m", *sweep, "optimizer.lr=1e-3,1e-4",
-                                "retrain=true"], capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    retrained = run_app("-m", *sweep, "optimizer.lr=1e-3,1e-4", "retrain=true", cwd=tmp_path)
     assert retrained.returncode == 0, retrained.stderr[-2000:]
     for job in ("0", "1"):
         assert json.loads((tmp_path / "S" / f"{job}-retrain1" / "results.json").read_text())["status"] == "finished"

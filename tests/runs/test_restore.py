@@ -5,7 +5,7 @@ import pytest
 import timm
 import torch
 
-from tests.helpers import TINY, run_cli, train
+from tests.helpers import TINY, run_app, train
 from vitstem.config import ConfigError
 from vitstem.models.classifier import create_model
 from vitstem.runs.restore import check_resumable, init_weights, load_checkpoint
@@ -59,7 +59,7 @@ def test_unreadable_and_missing_files_name_the_file(tmp_path):
 @pytest.mark.e2e
 def test_a_timm_state_dict_cannot_resume_one_line_error(tmp_path):
     timm_state_dict(tmp_path / "timm.pth", 10)
-    proc = run_cli(*TINY, f"ckpt_path={tmp_path / 'timm.pth'}", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    proc = run_app(*TINY, f"ckpt_path={tmp_path / 'timm.pth'}", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("vitstem-train: configuration error: ckpt_path=")

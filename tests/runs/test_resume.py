@@ -8,7 +8,7 @@ import signal as signals
 import pytest
 import torch
 
-from tests.helpers import TINY, run_cli, train
+from tests.helpers import TINY, run_app, run_cli, train
 from tests.runs.stops import Killed
 from vitstem.config import ConfigError
 from vitstem.train import Interrupted
@@ -68,7 +68,7 @@ def test_a_run_killed_with_sigkill_resumes_exactly(uninterrupted, tmp_path, kill
     assert killed.returncode == -9 and not (tmp_path / "results.json").exists()
     saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert saved["global_step"] == (kill_step // every) * every
-    resumed = run_cli(*command, cwd=tmp_path)
+    resumed = run_app(*command, cwd=tmp_path)  # the resume: in this process (the kill needed its own)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     results = _results(tmp_path)
     assert results["status"] == "finished" and results["resumed_from"] == str(tmp_path / "checkpoints" / "last.ckpt")
@@ -80,10 +80,10 @@ def test_a_run_killed_with_sigkill_resumes_exactly(uninterrupted, tmp_path, kill
 def test_a_finished_run_is_not_retrained(uninterrupted, tmp_path):
     train(TINY, tmp_path)
     before = (tmp_path / "results.json").read_text()
-    again = run_cli(*TINY, f"hydra.run.dir={tmp_path}", cwd=tmp_path)
+    again = run_app(*TINY, f"hydra.run.dir={tmp_path}", cwd=tmp_path)
     assert again.returncode == 0 and "not retrained" in again.stderr + again.stdout
     assert (tmp_path / "results.json").read_text() == before
-    fresh = run_cli(*TINY, "retrain=true", f"hydra.run.dir={tmp_path}", cwd=tmp_path)
+    fresh = run_app(*TINY, "retrain=true", f"hydra.run.dir={tmp_path}", cwd=tmp_path)
     assert fresh.returncode == 0, fresh.stderr[-2000:]
     sibling = tmp_path.with_name(tmp_path.name + "-retrain1")
     assert _results(sibling)["status"] == "finished" and (tmp_path / "results.json").read_text() == before

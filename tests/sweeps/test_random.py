@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from tests.helpers import TINY, run_cli
+from tests.helpers import TINY, run_app, run_cli
 from vitstem.sweeps.random import SweepError, draw, plan_jobs
 
 
@@ -81,7 +81,7 @@ def sweep(tmp_path_factory):
     args = ["-m", *TINY, "trainer.limit_train_batches=3", "optimizer.lr=2e-3,1e30,-1",
             "optimizer.weight_decay=tag(log, interval(1e-3, 1e-1))", "hydra.sweeper.samples=2",
             f"hydra.sweep.dir={tmp / 'sweep'}"]
-    first = run_cli(*args, cwd=tmp)
+    first = run_app(*args, cwd=tmp)
     return tmp / "sweep", args, first
 
 
@@ -111,12 +111,12 @@ def test_a_random_sweep_runs_every_job_and_reports_the_failed_ones(sweep):
 def test_running_the_sweep_again_skips_done_jobs_and_retries_failed_ones(sweep):
     sweep_dir, args, _ = sweep
     before = {n: r["wall_time_s"] for n, r in _statuses(sweep_dir).items()}
-    again = run_cli(*args, cwd=sweep_dir.parent)
+    again = run_app(*args, cwd=sweep_dir.parent)
     log = again.stdout + again.stderr
     assert log.count("not retrained") == 4 and "2 of 6 jobs failed" in log
     after = _statuses(sweep_dir)
     assert all(after[n]["wall_time_s"] == before[n] for n in (0, 1, 3, 4))  # untouched
-    same = run_cli(*[a for a in args if not a.startswith("trainer.limit_train_batches")],
+    same = run_app(*[a for a in args if not a.startswith("trainer.limit_train_batches")],
                    "trainer.limit_train_batches=4", cwd=sweep_dir.parent)
     assert same.returncode != 0 and "holds a sweep with other fixed settings" in same.stderr
     assert "Traceback" not in same.stderr

@@ -36,7 +36,6 @@ from hydra.core.override_parser.types import IntervalSweep, Override
 from hydra.core.utils import JobStatus
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
-from scipy.stats import qmc
 
 log = logging.getLogger("vitstem")
 
@@ -82,6 +81,8 @@ def draw(seed: int, index: int, key: str) -> float:
 def _sobol(seed: int, key: str, m: int) -> tuple[float, ...]:
     def number(text: str) -> int:
         return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big")
+
+    from scipy.stats import qmc  # 2 s to import: Hydra imports this module at every start (its plugin scan)
 
     engine = qmc.Sobol(d=SOBOL_DIMS, scramble=True, rng=np.random.default_rng(number(f"{seed}:{key}")))
     return tuple(engine.random_base2(m)[:, number(key) % SOBOL_DIMS])
