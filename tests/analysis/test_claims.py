@@ -187,3 +187,12 @@ def test_replication_table_lists_each_claim_with_the_papers_number_and_ours(tmp_
     assert "| `c_beats_p`: a beats b | test | 3.7 points (Table 3) | -5.0 [" in text
     assert "8/8 pairs in the claimed direction" in text and "**supported**" in text
     assert "## other_tiny\n\nNot analysed yet" in text and "16 of 16 jobs measured (complete); wall time 0 min" in text
+
+
+def test_settle_never_asks_for_fewer_jobs_than_there_are():
+    from vitstem.analysis.claims import settle
+
+    lopsided = {"verdict": "inconclusive", "n": 3, "effect": -1.7, "ci_low": -2.8, "ci_high": 0.1}
+    assert settle(lopsided).startswith("more matched jobs than 3 (the pairs disagree in direction")
+    wide = {"verdict": "inconclusive", "n": 6, "effect": -2.3, "ci_low": -10.6, "ci_high": 2.8}
+    assert settle(wide) == "an interval narrower than the effect: ~51 matched jobs (now 6), or a longer run"

@@ -206,5 +206,8 @@ def settle(row: dict) -> str:
         return "no effect measured yet: more matched jobs (to narrow the interval) or a longer run"
     if row["verdict"] == "inconclusive":
         more = max(2, math.ceil(row["n"] * (width / max(abs(row["effect"] or 0), 0.5)) ** 2 / 4))
+        if more <= row["n"]:  # the interval is not wide for the effect, but lopsided: the pairs disagree in direction
+            return (f"more matched jobs than {row['n']} (the pairs disagree in direction: the interval crosses zero "
+                    "though it is not wide for the effect), or a longer run")
         return f"an interval narrower than the effect: ~{more} matched jobs (now {row['n']}), or a longer run"
     return "a longer run or the paper's scale (the direction is measured here)"

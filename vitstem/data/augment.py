@@ -57,6 +57,7 @@ class Lighting:
     ``alpha ~ N(0, std)`` per image, with the eigenvalues / eigenvectors of ImageNet's RGB covariance
     (Krizhevsky et al. 2012; the constants of fb.resnet.torch and pycls)."""
 
+    on_batches = True  # also takes a (B, 3, H, W) batch: vitstem.data.transfer.SplitTransform may run it on the device
     EIGVAL = torch.tensor([0.2175, 0.0188, 0.0045])
     EIGVEC = torch.tensor([[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140], [-0.5836, -0.6948, 0.4203]])
 

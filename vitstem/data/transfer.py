@@ -52,17 +52,16 @@ def resolve(loader: dict, cuda: bool, local_ranks: int) -> dict:
 class SplitTransform:
     """A ``T.Compose`` that can stop at uint8 (:attr:`uint8`) and leave the rest to :meth:`finish` on a batch.
 
-    Splittable when every op after the to-tensor op is one :meth:`finish` runs on a batch: normalise, PCA lighting,
-    random erasing. Otherwise (and while ``uint8`` is off) it is the original transform, unchanged."""
+    Splittable when every op after the to-tensor op is one :meth:`finish` runs on a batch: normalise, random erasing,
+    or an op of ours that says so (``on_batches = True``: PCA lighting). Otherwise (and while ``uint8`` is off) it is the original transform, unchanged."""
 
     def __init__(self, transform):
-        from vitstem.data.augment import Lighting
-
         self.full, self.uint8 = transform, False
         ops = list(getattr(transform, "transforms", []))
         cut = next((i for i, op in enumerate(ops) if isinstance(op, (T.ToTensor, MaybeToTensor))), None)
         tail = ops[cut + 1:] if cut is not None else []
-        ok = cut is not None and all(isinstance(op, (T.Normalize, Lighting, RandomErasing)) for op in tail)
+        ok = cut is not None and all(isinstance(op, (T.Normalize, RandomErasing)) or getattr(op, "on_batches", False)
+                                     for op in tail)
         self.cpu = T.Compose([*ops[:cut], MaybePILToTensor()]) if ok else None
         self.device_ops = tail if ok else None
 
