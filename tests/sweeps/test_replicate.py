@@ -39,3 +39,14 @@ def test_analyze_only_checks_the_studys_claims_and_writes_the_table(tmp_path, mo
     assert "`sgd_c_beats_p`" in text and "-10.0 [-10.0, -10.0], n=8, 8/8 pairs" in text
     assert "`adamw_c_beats_p`" in text and "**inconclusive**" in text
     assert "## wang_stems_tiny\n\nNot analysed yet" in text
+
+
+def test_another_seeds_table_lists_only_the_studies_run_at_it(tmp_path):
+    (tmp_path / "multirun").mkdir()
+    replicate.main(["--analyze-only", "--seed", "1", "xiao_lr_wd", "--multirun", str(tmp_path / "multirun"),
+                    "--results", str(tmp_path / "results")])
+    table = (tmp_path / "results" / "REPLICATION_seed1.md").read_text()
+    assert "## xiao_lr_wd_tiny_seed1" in table and "wang_stems" not in table
+    replicate.main(["--analyze-only", "xiao_lr_wd", "--multirun", str(tmp_path / "multirun"),
+                    "--results", str(tmp_path / "results")])
+    assert all(f"## {s}_tiny" in (tmp_path / "results" / "REPLICATION.md").read_text() for s in replicate.STUDIES)

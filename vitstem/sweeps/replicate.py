@@ -143,7 +143,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     from vitstem.analysis.replication import write_replication
 
-    path = write_replication(args.results, [sweep_name(s, args.seed) for s in STUDIES],
+    # the main table lists all seven studies; another seed's table the studies that ran at it
+    listed = STUDIES if args.seed == 0 else [s for s in STUDIES if s in studies]
+    path = write_replication(args.results, [sweep_name(s, args.seed) for s in listed],
                              suffix="" if args.seed == 0 else f"_seed{args.seed}")
     log(f"wrote {path}")
 
