@@ -9,12 +9,11 @@ import os
 from pathlib import Path
 
 import pytest
+from hydra.core.plugins import Plugins
 
 # Hydra's first plugin scan re-executes its core plugins' modules: done here, before any test module imports the
 # random sweeper (a subclass of Hydra's BasicSweeper), so that the app run in this process (tests.helpers.run_app)
 # instantiates a sweeper whose base is the BasicSweeper Hydra then holds.
-from hydra.core.plugins import Plugins  # noqa: E402
-
 Plugins.instance()
 
 os.environ.setdefault("WANDB_MODE", "offline")

@@ -7,7 +7,6 @@ import logging
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -59,15 +58,7 @@ def run_cli(*args, cwd, timeout: float = 300, env: dict | None = None):
                           env=env, timeout=timeout)
 
 
-@dataclass
-class Completed:
-    """What :func:`run_app` returns: the fields of ``subprocess.CompletedProcess`` that the tests read."""
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-def run_app(*args, cwd) -> Completed:
+def run_app(*args, cwd) -> subprocess.CompletedProcess:
     """``vitstem-train <args>`` in this process: the console entry point with ``sys.argv`` set, so Hydra's app, its
     callbacks, the sweeper, the messages and the exit code are the command line's, without the seconds a new
     process takes to import torch and Lightning. For what only a process has (a signal, a kill, a resource limit,
@@ -92,7 +83,7 @@ def run_app(*args, cwd) -> Completed:
         os.chdir(here)
         _restore_logging(logging_state)  # Hydra configured logging for the job: pytest's capture is put back
         GlobalHydra.instance().clear()
-    return Completed(code, out.getvalue(), err.getvalue())
+    return subprocess.CompletedProcess(["vitstem-train", *map(str, args)], code, out.getvalue(), err.getvalue())
 
 
 def _logging_state():

@@ -65,7 +65,8 @@ def build(cfg: DictConfig, resume_step: int | None = None) -> tuple[L.LightningD
     from vitstem.scale import environments, launcher
 
     datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
-    module = Classifier(**module_groups(cfg), compile=cfg.compile, num_classes=datamodule.num_classes, img_size=datamodule.img_size)
+    module = Classifier(**module_groups(cfg), compile=cfg.compile, num_classes=datamodule.num_classes,
+                        img_size=datamodule.img_size)
     loggers = [hydra.utils.instantiate(c) for c in (cfg.logger or {}).values() if c is not None]
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None]
     if not cfg.trainer.get("enable_progress_bar", True):  # one switch turns any progress bar off

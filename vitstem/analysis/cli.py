@@ -33,17 +33,8 @@ from vitstem.analysis import plots
 from vitstem.analysis.claims import CLAIM_COLUMNS, check_all, load_claims
 from vitstem.analysis.collect import ANALYSIS, METRICS, AnalysisError, collect, read_blocks
 from vitstem.analysis.edf import summarize
-from vitstem.analysis.report import (
-    RUN_COLUMNS,
-    SUMMARY_COLUMNS,
-    claims_text,
-    details,
-    headline,
-    html_report,
-    log_wandb,
-    text_table,
-    write_csv,
-)
+from vitstem.analysis.report import (RUN_COLUMNS, SUMMARY_COLUMNS, claims_text, details, headline, html_report,
+                                     log_wandb, text_table, write_csv)
 from vitstem.runs.results import ResultsError, read_results
 
 

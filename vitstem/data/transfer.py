@@ -4,8 +4,8 @@
   SLURM launcher), else this process's CPUs (``os.sched_getaffinity``) shared by the ranks of this node (Lightning
   starts them from one process). ``data.loader.num_workers: auto`` is that less one (the training loop's),
   at most :data:`MAX_WORKERS`, on a GPU; 0 on a CPU, where workers would take the cores the training step computes
-  on. :meth:`vitstem.models.classifier.Classifier.setup` caps each rank's torch threads at it (unless ``OMP_NUM_THREADS`` is set):
-  ranks that vitstem's DDP launcher starts do not get Lightning's cap, and 8 ranks of an all-core OpenMP pool each
+  on. :meth:`vitstem.models.classifier.Classifier.setup` caps each rank's torch threads at it (unless
+  ``OMP_NUM_THREADS`` is set): ranks that vitstem's DDP launcher starts do not get Lightning's cap, and 8 ranks of an all-core OpenMP pool each
   would oversubscribe the node.
 - **uint8 transfer** (``data.loader.normalize_on_device``, auto: on a GPU): a transform that ends in
   to-tensor, normalise (and PCA lighting, random erasing) stops at a uint8 tensor in the loader's workers; the batch
@@ -53,7 +53,8 @@ class SplitTransform:
     """A ``T.Compose`` that can stop at uint8 (:attr:`uint8`) and leave the rest to :meth:`finish` on a batch.
 
     Splittable when every op after the to-tensor op is one :meth:`finish` runs on a batch: normalise, random erasing,
-    or an op of ours that says so (``on_batches = True``: PCA lighting). Otherwise (and while ``uint8`` is off) it is the original transform, unchanged."""
+    or an op of ours that says so (``on_batches = True``: PCA lighting). Otherwise (and while ``uint8`` is off) it is
+    the original transform, unchanged."""
 
     def __init__(self, transform):
         self.full, self.uint8 = transform, False

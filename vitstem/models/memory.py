@@ -14,8 +14,8 @@
 - **transient**: the backward pass of the largest kept tensor holds two gradients of its size at once.
 
 The estimate is for the eager model (``compile=false``; inductor keeps less). The start-of-run check
-(:meth:`vitstem.models.classifier.Classifier.setup`) and ``vitstem-bench --memory`` use it; :func:`fit_batch` suggests the
-per-device batch and ``trainer.accumulate_grad_batches`` that keep the global batch and fit.
+(:meth:`vitstem.models.classifier.Classifier.setup`) and ``vitstem-bench --memory`` use it; :func:`fit_batch`
+suggests the per-device batch and ``trainer.accumulate_grad_batches`` that keep the global batch and fit.
 """
 from __future__ import annotations
 

@@ -7,9 +7,9 @@ training with that job's overrides) into the job's run folder. ``hydra/launcher=
 machine with submitit's local executor (one process per task, no SLURM), for trying it out.
 
 **Processes.** The launcher starts the processes, so Lightning must not start more:
-:func:`vitstem.scale.environments.lightning_plugins` gives the trainer its cluster environment, Lightning's ``SLURMEnvironment`` on SLURM (ranks from
-``SLURM_PROCID`` / ``SLURM_LOCALID`` / ``SLURM_NODEID``, rendezvous on the first node, port from the job id)
-and :class:`SubmititLocalEnvironment` locally. ``trainer.devices`` must equal ``tasks_per_node`` and
+:func:`vitstem.scale.environments.lightning_plugins` gives the trainer its cluster environment, Lightning's
+``SLURMEnvironment`` on SLURM (ranks from ``SLURM_PROCID`` / ``SLURM_LOCALID`` / ``SLURM_NODEID``, rendezvous on
+the first node, port from the job id) and its ``SubmititLocalEnvironment`` locally. ``trainer.devices`` must equal ``tasks_per_node`` and
 ``trainer.num_nodes`` the job's nodes (both environments check it before training).
 
 **Time limit and preemption**, step by step:
