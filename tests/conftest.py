@@ -26,6 +26,28 @@ if _workers > 1 and "OMP_NUM_THREADS" not in os.environ:
     os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // _workers))
 
 
+# The modules that keep one worker longest (seconds, whole suite on 2 idle cores, 2026-12-05), handed out first: xdist's
+# loadscope gives each worker whole modules in collection order (``--no-loadscope-reorder`` in pyproject.toml; its
+# default order, most tests first, started the 90-second one-test DDP modules last, with the other worker idle).
+LONGEST_FIRST = ("scale/test_signals.py",  # 85
+                 "scale/test_ddp.py",  # 65
+                 "runs/test_resume.py",  # 55
+                 "runs/test_lock.py",  # 28
+                 "test_bench.py",  # 22
+                 "runs/test_folder.py",  # 25
+                 "test_console.py",  # 14
+                 "test_config.py",  # 33
+                 "test_train.py",  # 30
+                 "test_startup.py")  # 10
+
+
+def pytest_collection_modifyitems(items) -> None:
+    def rank(item) -> int:
+        path = item.nodeid.split("::")[0].removeprefix("tests/")
+        return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
+    items.sort(key=rank)  # stable: a module's tests keep their order
+
+
 @pytest.fixture(scope="session")
 def _tiny(tmp_path_factory) -> tuple[Path, dict]:
     from tests.helpers import TINY, train
