@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import os
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import lightning as L
@@ -56,6 +59,66 @@ def run_cli(*args, cwd, timeout: float = 300, env: dict | None = None):
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO), **(env or {})}
     return subprocess.run([sys.executable, "-m", "vitstem.train", *args], capture_output=True, text=True, cwd=cwd,
                           env=env, timeout=timeout)
+
+
+class Zygote:
+    """A ``python -m tests.zygote`` of this test process, started at first use: it forks commands as processes of
+    their own without a new interpreter's imports (see tests/zygote.py for what differs and where that is tested)."""
+
+    _proc: subprocess.Popen | None = None
+    _count = 0
+
+    @classmethod
+    def start(cls, module: str, *args, cwd, env: dict | None = None, merge_stderr: bool = False,
+              fsize: int | None = None, stdout: Path | None = None) -> "Forked":
+        """Fork ``python -m <module> <args>`` (``stdout``: a file it appends to; ``fsize``: RLIMIT_FSIZE, bytes)."""
+        if cls._proc is None or cls._proc.poll() is not None:
+            cls._proc = subprocess.Popen([sys.executable, "-m", "tests.zygote"], cwd=REPO, text=True,
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         env={**os.environ, "PYTHONPATH": str(REPO)})
+            assert cls._proc.stdout.readline().strip() == "ready", "tests/zygote.py did not start"
+        cls._count += 1
+        files = Path(tempfile.mkdtemp(prefix=f"forked{cls._count}_"))
+        request = {"module": module, "args": list(map(str, args)), "cwd": str(cwd),
+                   "env": {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO), **(env or {})},
+                   "stdout": str(stdout or files / "stdout"), "stderr": None if merge_stderr else str(files / "stderr"),
+                   "status": str(files / "status.json"), "fsize": fsize}
+        cls._proc.stdin.write(json.dumps(request) + "\n")
+        cls._proc.stdin.flush()
+        return Forked([module, *request["args"]], files)
+
+
+class Forked:
+    """A command forked by :class:`Zygote`, used like a ``subprocess.Popen``: ``pid``, ``wait``, ``returncode``."""
+
+    def __init__(self, args: list[str], files: Path):
+        self.args, self.files, self.returncode = args, files, None
+        self.pid = self._status(timeout=60)["pid"]
+
+    def _status(self, timeout: float, key: str = "pid") -> dict:
+        path, end = self.files / "status.json", time.monotonic() + timeout
+        while True:
+            status = json.loads(path.read_text()) if path.is_file() else {}
+            if key in status:
+                return status
+            if time.monotonic() > end:
+                raise subprocess.TimeoutExpired(self.args, timeout)
+            time.sleep(0.05)
+
+    def wait(self, timeout: float | None = None) -> int:
+        self.returncode = self._status(1e9 if timeout is None else timeout, "returncode")["returncode"]
+        return self.returncode
+
+    def result(self, timeout: float = 300) -> subprocess.CompletedProcess:
+        """Wait for the end; what it wrote to its standard streams."""
+        self.wait(timeout)
+        read = lambda name: (self.files / name).read_text() if (self.files / name).is_file() else ""  # noqa: E731
+        return subprocess.CompletedProcess(self.args, self.returncode, read("stdout"), read("stderr"))
+
+
+def run_forked(*args, cwd, timeout: float = 300, env: dict | None = None, fsize: int | None = None):
+    """``python -m vitstem.train <args>`` as a process of its own, forked by :class:`Zygote` (no new interpreter)."""
+    return Zygote.start("vitstem.train", *args, cwd=cwd, env=env, fsize=fsize).result(timeout)
 
 
 def run_app(*args, cwd) -> subprocess.CompletedProcess:

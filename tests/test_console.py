@@ -4,7 +4,7 @@ from collections import Counter
 
 import pytest
 
-from tests.helpers import TINY, run_cli
+from tests.helpers import TINY, run_cli, run_forked
 from vitstem.console import ConsoleFormatter, DropMessages, quiet_lightning
 
 
@@ -34,8 +34,9 @@ def test_the_filter_drops_the_listed_messages_and_the_format_names_warnings():
 
 
 @pytest.mark.e2e
-def test_a_run_prints_each_message_once_and_no_tip(tmp_path):
-    proc = run_cli(*TINY, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+@pytest.mark.parametrize("start", [run_cli, run_forked], ids=["new_interpreter", "lightning_imported_first"])
+def test_a_run_prints_each_message_once_and_no_tip(tmp_path, start):
+    proc = start(*TINY, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = [line.strip() for line in (proc.stdout + proc.stderr).splitlines() if line.strip(" ─┌┐└┘├┤┬┴┼━")]
     assert {line: n for line, n in Counter(lines).items() if n > 1} == {}

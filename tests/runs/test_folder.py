@@ -1,13 +1,12 @@
 """A run folder has one identity: settings compared before anything else, the keys that define no run, bad records."""
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 from omegaconf import OmegaConf, open_dict
 
-from tests.helpers import TINY, compose_config, run_app, run_cli, train
+from tests.helpers import TINY, compose_config, run_app, run_forked, train
 from vitstem.config import ConfigError
 from vitstem.paths import CONF_DIR
 from vitstem.resolvers import dirname
@@ -156,14 +155,7 @@ def test_a_sweep_rerun_with_another_grid_is_refused_before_anything_is_written(t
 @pytest.mark.e2e
 def test_a_full_disk_is_one_line_naming_the_file(tmp_path):
     """``ulimit -f 100`` (100 KiB): the first checkpoint (~200 KB) cannot be written."""
-    import resource
-
-    def limit():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (100 * 1024, resource.RLIM_INFINITY))
-
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run([sys.executable, "-m", "vitstem.train", *TINY, f"hydra.run.dir={tmp_path}"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=600, preexec_fn=limit, env=env)
+    proc = run_forked(*TINY, f"hydra.run.dir={tmp_path}", cwd=tmp_path, fsize=100 * 1024)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith(f"vitstem-train: cannot write {tmp_path / 'checkpoints'}/") and "File too large" in last

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.helpers import TINY, run_cli
+from tests.helpers import TINY, Zygote, run_cli
 from vitstem.runs import lock
 
 HOLD = ("import sys, time; from vitstem.runs import lock; lock.acquire(sys.argv[1]); print('held', flush=True); "
@@ -79,13 +79,12 @@ def test_a_second_command_into_a_running_folder_gets_one_line(tmp_path, holder):
 @pytest.mark.e2e
 def test_two_identical_sweeps_share_the_jobs(tmp_path):
     """The race of issue 17: two identical sweeps started 2 s apart over one folder."""
-    sweep = [sys.executable, "-m", "vitstem.train", "-m", *[o for o in TINY if "limit_train" not in o],
-             "trainer.limit_train_batches=12", "seed=0,1,2,3", f"hydra.sweep.dir={tmp_path / 'S'}"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    first = subprocess.Popen(sweep, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path, env=env)
+    sweep = ["-m", *[o for o in TINY if "limit_train" not in o], "trainer.limit_train_batches=12", "seed=0,1,2,3",
+             f"hydra.sweep.dir={tmp_path / 'S'}"]
+    first = Zygote.start("vitstem.train", *sweep, cwd=tmp_path, merge_stderr=True)
     time.sleep(2)
-    second = subprocess.Popen(sweep, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path, env=env)
-    outs = [p.communicate(timeout=900)[0] for p in (first, second)]
+    second = Zygote.start("vitstem.train", *sweep, cwd=tmp_path, merge_stderr=True)
+    outs = [p.result(timeout=900).stdout for p in (first, second)]
     assert [first.returncode, second.returncode] == [0, 0], [o[-2000:] for o in outs]
     for job in range(4):
         job_dir = tmp_path / "S" / str(job)

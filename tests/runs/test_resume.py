@@ -8,7 +8,7 @@ import signal as signals
 import pytest
 import torch
 
-from tests.helpers import TINY, run_app, run_cli, train
+from tests.helpers import TINY, run_app, run_forked, train
 from tests.runs.stops import Killed
 from vitstem.config import ConfigError
 from vitstem.train import Interrupted
@@ -64,7 +64,7 @@ def test_a_run_killed_with_sigkill_resumes_exactly(uninterrupted, tmp_path, kill
     expected, expected_dir = uninterrupted
     kill = f"+callbacks.kill={{_target_: tests.runs.stops.StopAt, at: 'step:{kill_step}', how: SIGKILL}}"
     command = [*EXACT, f"callbacks.checkpoint.every_n_steps={every}", f"hydra.run.dir={tmp_path}"]
-    killed = run_cli(*command, kill, cwd=tmp_path)
+    killed = run_forked(*command, kill, cwd=tmp_path)
     assert killed.returncode == -9 and not (tmp_path / "results.json").exists()
     saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert saved["global_step"] == (kill_step // every) * every

@@ -1,8 +1,8 @@
 """DDP inside a Hydra multirun: each rank trains its own job, in its job's folder; a dead rank fails one job; two CPU
 ranks (gloo) with half batches train the same weights as one process with the same global batch.
 
-One multirun (3 jobs x 2 ranks) serves every check here, as each DDP job costs two processes importing torch and
-Lightning. Its jobs train full-batch (64 images, global batch 64 = 2 x 32 or 1 x 64): every step sees the whole
+One multirun (3 jobs x 2 ranks) serves every check here, as each rank a job starts is a new interpreter importing
+torch and Lightning. Its jobs train full-batch (64 images, global batch 64 = 2 x 32 or 1 x 64): every step sees the whole
 training set, so the order in which a sampler deals it out (Lightning's DistributedSampler under DDP, the
 DataLoader's own shuffle in one process) cannot matter, and any difference from one process is DDP's own: gradients
 averaged across ranks, each rank a different half, the lr scaled by the global batch, synced validation metrics.
@@ -16,7 +16,7 @@ import json
 import pytest
 import torch
 
-from tests.helpers import run_cli, train
+from tests.helpers import run_forked, train
 from vitstem.scale.ddp import child_command
 
 FULL_BATCH = ["model=vit_p_32", "model.depth=1", "model.embed_dim=32", "model.num_heads=2", "model.img_size=16",
@@ -33,7 +33,7 @@ def sweep(tmp_path_factory):
     """One multirun of 3 jobs x 2 CPU ranks (gloo), shared by the tests below."""
     tmp = tmp_path_factory.mktemp("ddp_sweep")
     kill = f"+callbacks.kill={{_target_: tests.helpers.SignalAt, step: 1, rank: 1, signal: SIGKILL, when_lr: {LRS[0]}}}"
-    proc = run_cli("-m", *FULL_BATCH, *DDP, kill, "optimizer.lr=" + ",".join(map(str, LRS)),
+    proc = run_forked("-m", *FULL_BATCH, *DDP, kill, "optimizer.lr=" + ",".join(map(str, LRS)),
                    f"hydra.sweep.dir={tmp / 'sweep'}", cwd=tmp)
     jobs = sorted(p.parent for p in tmp.rglob("results.json"))
     return proc, tmp, {int(j.name): (j, json.loads((j / "results.json").read_text())) for j in jobs}

@@ -4,13 +4,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 import torch
 
-from tests.helpers import REPO, TINY
+from tests.helpers import TINY, Zygote
 
 DEADLINE_S = 60  # from SIGTERM to every process gone (a loaded 2-core CPU; a hang is what this catches)
 LOG_EVERY = 3
@@ -25,11 +24,9 @@ DDP = [o for o in TINY if not o.startswith(("trainer.limit_train_batches", "trai
 
 def _attempt(run_dir) -> tuple[int, float]:
     """One run of the command in its own process group: (exit code, seconds from its SIGTERM to the job's end)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
-    log = open(run_dir.parent / f"{run_dir.name}.log", "a")
-    proc = subprocess.Popen([sys.executable, "-m", "vitstem.train", *DDP, f"hydra.run.dir={run_dir}"], cwd=run_dir.parent,
-                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     (run_dir / "sigterm_sent").unlink(missing_ok=True)
+    proc = Zygote.start("vitstem.train", *DDP, f"hydra.run.dir={run_dir}", cwd=run_dir.parent, merge_stderr=True,
+                        stdout=run_dir.parent / f"{run_dir.name}.log")  # a process and session of its own
     try:
         code = proc.wait(timeout=600)
     except subprocess.TimeoutExpired:
