@@ -5,6 +5,7 @@ Tiers: ``uv run pytest -m "not e2e"`` runs the fast unit tests (the edit loop); 
 the end-to-end tests (``@pytest.mark.e2e``: a CLI process, a training run, DDP, a sweep, kill-and-resume) included.
 Workers: ``-n auto`` (at most 4) from pyproject.toml; ``-n 0`` runs in this process (a debugger, ``-x`` on one test).
 """
+import gc
 import os
 from pathlib import Path
 
@@ -67,3 +68,9 @@ def tiny_run(_tiny) -> Path:
 def tiny_results(_tiny) -> dict:
     """What ``train(TINY, tiny_run)`` returned."""
     return _tiny[1]
+
+
+def pytest_collection_finish(session) -> None:
+    # What collection imported (torch, Lightning, timm, Hydra: millions of objects) lives to the end: moved out of
+    # the cyclic collector's reach, so that its automatic collections scan only what the tests create.
+    gc.freeze()

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from tests.helpers import TINY, train
+from vitstem.scale.ddp import fresh_process_state
 
 
 @pytest.mark.e2e  # two whole runs in-process
@@ -28,3 +29,16 @@ def test_two_compiled_jobs_in_one_process_each_compile_once(tmp_path, monkeypatc
         assert result["status"] == "finished", result["error"]
         per_job.append(graphs[before:])
     assert per_job[0] and per_job[1] == per_job[0]  # the same graphs compiled again, not skipped
+
+
+@pytest.mark.parametrize("on_gpu", [False, True])
+def test_a_job_collects_reference_cycles_and_empties_the_cache_only_on_a_gpu(monkeypatch, on_gpu):
+    import gc
+
+    calls = []
+    monkeypatch.setattr(gc, "collect", lambda *a: calls.append("collect") or 0)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: on_gpu)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append("empty_cache"))
+    monkeypatch.setattr(torch.compiler, "reset", lambda: calls.append("reset"))
+    fresh_process_state()
+    assert calls == (["reset", "collect", "empty_cache"] if on_gpu else ["reset"])
