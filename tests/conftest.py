@@ -29,17 +29,18 @@ if _workers > 1 and "OMP_NUM_THREADS" not in os.environ:
 
 # The modules that keep one worker longest (seconds, whole suite on 2 idle cores, 2026-12-05), handed out first: xdist's
 # loadscope gives each worker whole modules in collection order (``--no-loadscope-reorder`` in pyproject.toml; its
-# default order, most tests first, started the 90-second one-test DDP modules last, with the other worker idle).
-LONGEST_FIRST = ("scale/test_signals.py",  # 85
-                 "scale/test_ddp.py",  # 65
-                 "runs/test_resume.py",  # 55
-                 "runs/test_lock.py",  # 28
-                 "test_bench.py",  # 22
-                 "runs/test_folder.py",  # 25
-                 "test_console.py",  # 14
-                 "test_config.py",  # 33
-                 "test_train.py",  # 30
-                 "test_startup.py")  # 10
+# default order, most tests first, started the one-test DDP modules last, with the other worker idle).
+LONGEST_FIRST = ("scale/test_signals.py",  # 35
+                 "test_train.py",  # 33
+                 "scale/test_ddp.py",  # 31
+                 "runs/test_resume.py",  # 19
+                 "test_experiments.py",  # 16
+                 "analysis/test_claims.py",  # 13
+                 "sweeps/test_studies.py",  # 13
+                 "test_config.py",  # 13
+                 "test_bench.py",  # 12
+                 "test_recipes.py",  # 11
+                 "runs/test_folder.py")  # 10
 
 
 def pytest_collection_modifyitems(items) -> None:

@@ -4,7 +4,7 @@
 Each forked command is a process of its own, as a new interpreter would be: its own pid and session (``setsid``, so
 a signal to its process group reaches it and the DDP ranks it starts, and nothing else), its working folder,
 environment, standard streams and resource limits, and it ends as an interpreter ends (``atexit``, non-daemon threads
-joined, its exit code or the signal that killed it). What it does not pay is the ~12 s of importing torch,
+joined, its exit code or the signal that killed it). What it does not pay is the ~6 s of importing torch,
 Lightning, timm and torchmetrics that a new interpreter pays on a 2-core machine: those modules (third-party only;
 vitstem itself is imported by the command, as in a new process) were imported here, before any thread or state
 existed. What a new interpreter adds, start-up imports and the console of a first run, is tested with new
@@ -33,8 +33,11 @@ def _write(path: str, status: dict) -> None:
 
 def serve() -> dict:
     """Fork a supervisor per request; return, in the forked command's process only, its request."""
+    import gc
+
     for name in PRELOAD:
         __import__(name)
+    gc.freeze()  # what the commands share stays out of their collector's scans
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the supervisors are reaped by the kernel
     print("ready", flush=True)
     while line := sys.stdin.readline():
