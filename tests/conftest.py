@@ -75,3 +75,7 @@ def pytest_collection_finish(session) -> None:
     # What collection imported (torch, Lightning, timm, Hydra: millions of objects) lives to the end: moved out of
     # the cyclic collector's reach, so that its automatic collections scan only what the tests create.
     gc.freeze()
+
+
+def pytest_sessionfinish(session) -> None:
+    gc.unfreeze()  # frozen objects are not finalised at exit: triton's bindings would report them as leaked

@@ -33,11 +33,8 @@ def _write(path: str, status: dict) -> None:
 
 def serve() -> dict:
     """Fork a supervisor per request; return, in the forked command's process only, its request."""
-    import gc
-
     for name in PRELOAD:
         __import__(name)
-    gc.freeze()  # what the commands share stays out of their collector's scans
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the supervisors are reaped by the kernel
     print("ready", flush=True)
     while line := sys.stdin.readline():
