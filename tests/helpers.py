@@ -1,11 +1,13 @@
 """Test helpers: compose the real Hydra config and run ``vitstem-train`` in-process on tiny settings."""
 from __future__ import annotations
 
+import atexit
 import contextlib
 import io
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -66,6 +68,7 @@ class Zygote:
     their own without a new interpreter's imports (see tests/zygote.py for what differs and where that is tested)."""
 
     _proc: subprocess.Popen | None = None
+    _files: Path | None = None  # the commands' streams and status files, removed when this process ends
     _count = 0
 
     @classmethod
@@ -77,8 +80,12 @@ class Zygote:
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                          env={**os.environ, "PYTHONPATH": str(REPO)})
             assert cls._proc.stdout.readline().strip() == "ready", "tests/zygote.py did not start"
+        if cls._files is None:
+            cls._files = Path(tempfile.mkdtemp(prefix="vitstem_forked_"))
+            atexit.register(shutil.rmtree, cls._files, ignore_errors=True)
         cls._count += 1
-        files = Path(tempfile.mkdtemp(prefix=f"forked{cls._count}_"))
+        files = cls._files / str(cls._count)
+        files.mkdir()
         request = {"module": module, "args": list(map(str, args)), "cwd": str(cwd),
                    "env": {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO), **(env or {})},
                    "stdout": str(stdout or files / "stdout"), "stderr": None if merge_stderr else str(files / "stderr"),
