@@ -3,7 +3,8 @@
 Hydra's logging (``conf/hydra/job_logging/vitstem.yaml``) sends every record to the console and to the run's
 ``train.log``. Lightning adds its own console handler to the ``lightning`` logger on import, whose records also reach
 Hydra's root handlers: every Lightning message would appear twice. :func:`quiet_lightning` (called when Lightning is
-imported, see ``vitstem/__init__.py``) removes Lightning's handler whenever the root logger has handlers of its own;
+imported, see ``vitstem/__init__.py``, and by ``vitstem-train`` once Hydra's logging is set, for a Lightning imported
+earlier) removes Lightning's handler whenever the root logger has handlers of its own;
 :class:`DropMessages` (a filter of Hydra's handlers) drops the messages the config lists (Lightning's "Tip"s).
 Light: imported by Hydra's logging set-up, before the config is checked.
 """

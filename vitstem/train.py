@@ -133,7 +133,7 @@ def run(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def _main(cfg: DictConfig) -> None:
-    if "lightning" in sys.modules:  # imported before vitstem (a script, a notebook): quiet it now Hydra's logging is set
+    if "lightning" in sys.modules:  # imported before vitstem (a script, a notebook): quieted now, with Hydra's logging
         from vitstem.console import quiet_lightning
 
         quiet_lightning()

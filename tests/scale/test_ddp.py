@@ -2,8 +2,8 @@
 ranks (gloo) with half batches train the same weights as one process with the same global batch.
 
 One multirun (3 jobs x 2 ranks) serves every check here, as each rank a job starts is a new interpreter importing
-torch and Lightning. Its jobs train full-batch (64 images, global batch 64 = 2 x 32 or 1 x 64): every step sees the whole
-training set, so the order in which a sampler deals it out (Lightning's DistributedSampler under DDP, the
+torch and Lightning. Its jobs train full-batch (64 images, global batch 64 = 2 x 32 or 1 x 64): every step sees the
+whole training set, so the order in which a sampler deals it out (Lightning's DistributedSampler under DDP, the
 DataLoader's own shuffle in one process) cannot matter, and any difference from one process is DDP's own: gradients
 averaged across ranks, each rank a different half, the lr scaled by the global batch, synced validation metrics.
 SGD, because Adam's update ignores a gradient's scale and would hide gradients summed instead of averaged. The

@@ -5,8 +5,8 @@
   starts them from one process). ``data.loader.num_workers: auto`` is that less one (the training loop's),
   at most :data:`MAX_WORKERS`, on a GPU; 0 on a CPU, where workers would take the cores the training step computes
   on. :meth:`vitstem.models.classifier.Classifier.setup` caps each rank's torch threads at it (unless
-  ``OMP_NUM_THREADS`` is set): ranks that vitstem's DDP launcher starts do not get Lightning's cap, and 8 ranks of an all-core OpenMP pool each
-  would oversubscribe the node.
+  ``OMP_NUM_THREADS`` is set): ranks that vitstem's DDP launcher starts do not get Lightning's cap, and 8 ranks of
+  an all-core OpenMP pool each would oversubscribe the node.
 - **uint8 transfer** (``data.loader.normalize_on_device``, auto: on a GPU): a transform that ends in
   to-tensor, normalise (and PCA lighting, random erasing) stops at a uint8 tensor in the loader's workers; the batch
   is pinned and copied as uint8 (a quarter of float32's bytes) and converted, lit, normalised and erased on the
